@@ -1,0 +1,4 @@
+"""Flax Linen models (NHWC, pure functions of params and inputs)."""
+
+from latent_diffusion.models.autoencoder import AutoencoderKL, DiagonalGaussian, Decoder, Encoder
+from latent_diffusion.models.unet import UNet

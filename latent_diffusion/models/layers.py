@@ -1,0 +1,208 @@
+"""Blocks shared by the autoencoder and the UNet (NHWC), every parameter with logical axis names.
+
+Logical names: conv kernels (None, None, 'conv_in', 'conv_out'); dense kernels ('embed', 'mlp'),
+('mlp', 'embed'), ('embed', 'heads'), ('heads', 'embed'); biases take their output name; norm
+parameters ('norm',); embedding tables ('vocab', 'embed'). config.mesh.rules maps them to mesh axes.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+_zeros = nn.initializers.zeros
+_ones = nn.initializers.ones
+
+
+def conv(features: int, kernel: int = 3, stride: int = 1, padding: Any = 1, *, name: str, dtype: Dtype,
+         zero_init: bool = False) -> nn.Conv:
+  """A kernel x kernel convolution; `padding` an int (symmetric) or a Flax padding spec."""
+  if isinstance(padding, int):
+    padding = ((padding, padding), (padding, padding))
+  init = _zeros if zero_init else nn.initializers.lecun_normal()
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding, dtype=dtype, name=name,
+                 kernel_init=nn.with_logical_partitioning(init, (None, None, "conv_in", "conv_out")),
+                 bias_init=nn.with_logical_partitioning(_zeros, ("conv_out",)))
+
+
+def dense(features: int, names: tuple[str, str] = ("embed", "mlp"), *, name: str, dtype: Dtype,
+          use_bias: bool = True, zero_init: bool = False) -> nn.Dense:
+  init = _zeros if zero_init else nn.initializers.lecun_normal()
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
+                  kernel_init=nn.with_logical_partitioning(init, names),
+                  bias_init=nn.with_logical_partitioning(_zeros, names[1:]))
+
+
+def group_norm(groups: int, eps: float, *, name: str, dtype: Dtype) -> nn.GroupNorm:
+  return nn.GroupNorm(num_groups=groups, epsilon=eps, dtype=dtype, name=name,
+                      scale_init=nn.with_logical_partitioning(_ones, ("norm",)),
+                      bias_init=nn.with_logical_partitioning(_zeros, ("norm",)))
+
+
+def layer_norm(eps: float, *, name: str, dtype: Dtype) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, name=name,
+                      scale_init=nn.with_logical_partitioning(_ones, ("norm",)),
+                      bias_init=nn.with_logical_partitioning(_zeros, ("norm",)))
+
+
+def timestep_embedding(t: jax.Array, dim: int, flip_sin_to_cos: bool = True, downscale_freq_shift: float = 0.0,
+                       max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal embedding [B, dim] of timesteps t [B] (int or float), frequencies max_period^(-i/half)."""
+  half = dim // 2
+  exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - downscale_freq_shift)
+  args = jnp.asarray(t, jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
+  sin, cos = jnp.sin(args), jnp.cos(args)
+  emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class ResnetBlock(nn.Module):
+  """GroupNorm-SiLU-conv twice, with an optional timestep embedding (added, or scale-shift as ADM)."""
+  out_channels: int
+  dropout: float = 0.0
+  use_scale_shift_norm: bool = False
+  groups: int = 32
+  eps: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, temb: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+    h = nn.silu(group_norm(self.groups, self.eps, name="norm1", dtype=self.dtype)(x))
+    h = conv(self.out_channels, name="conv1", dtype=self.dtype)(h)
+    norm2 = group_norm(self.groups, self.eps, name="norm2", dtype=self.dtype)
+    if temb is None:
+      h = nn.silu(norm2(h))
+    else:
+      width = 2 * self.out_channels if self.use_scale_shift_norm else self.out_channels
+      emb = dense(width, name="time_emb_proj", dtype=self.dtype)(nn.silu(temb))[:, None, None, :]
+      if self.use_scale_shift_norm:
+        scale, shift = jnp.split(emb, 2, axis=-1)
+        h = nn.silu(norm2(h) * (1.0 + scale) + shift)
+      else:
+        h = nn.silu(norm2(h + emb))
+    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    h = conv(self.out_channels, name="conv2", dtype=self.dtype)(h)
+    if x.shape[-1] != self.out_channels:
+      x = conv(self.out_channels, kernel=1, padding=0, name="conv_shortcut", dtype=self.dtype)(x)
+    return x + h
+
+
+class Downsample(nn.Module):
+  """Stride-2 3x3 conv; `asymmetric_padding` pads (0, 1) as the KL autoencoder's encoder does."""
+  channels: int
+  asymmetric_padding: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    padding = ((0, 1), (0, 1)) if self.asymmetric_padding else 1
+    return conv(self.channels, stride=2, padding=padding, name="conv", dtype=self.dtype)(x)
+
+
+class Upsample(nn.Module):
+  """Nearest-neighbour 2x upsampling then a 3x3 conv."""
+  channels: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return conv(self.channels, name="conv", dtype=self.dtype)(x)
+
+
+class MultiHeadAttention(nn.Module):
+  """Scaled dot-product attention of tokens x [B, T, C] over context [B, L, D] (x itself if None)."""
+  num_heads: int
+  head_dim: int
+  qkv_bias: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+    context = x if context is None else context
+    inner = self.num_heads * self.head_dim
+    heads = lambda a: a.reshape(a.shape[:2] + (self.num_heads, self.head_dim))  # [B, T, N, H]
+    q = heads(dense(inner, ("embed", "heads"), use_bias=self.qkv_bias, name="to_q", dtype=self.dtype)(x))
+    k = heads(dense(inner, ("embed", "heads"), use_bias=self.qkv_bias, name="to_k", dtype=self.dtype)(context))
+    v = heads(dense(inner, ("embed", "heads"), use_bias=self.qkv_bias, name="to_v", dtype=self.dtype)(context))
+    out = jax.nn.dot_product_attention(q, k, v)                              # [B, T, N, H]
+    return dense(x.shape[-1], ("heads", "embed"), name="to_out", dtype=self.dtype)(out.reshape(x.shape[:2] + (inner,)))
+
+
+class AttentionBlock(nn.Module):
+  """GroupNorm + self-attention over the H*W positions + residual (VAE mid block, UNets without context)."""
+  num_heads: int
+  head_dim: int
+  groups: int = 32
+  eps: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    tokens = group_norm(self.groups, self.eps, name="group_norm", dtype=self.dtype)(x).reshape(b, h * w, c)
+    out = MultiHeadAttention(self.num_heads, self.head_dim, qkv_bias=True, dtype=self.dtype, name="attention")(tokens)
+    return x + out.reshape(b, h, w, c)
+
+
+class GEGLU(nn.Module):
+  """Gated GELU feed-forward: W_out (a * gelu(g)) with [a, g] = W_in x."""
+  dim_out: int
+  mult: int = 4
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    inner = x.shape[-1] * self.mult
+    a, gate = jnp.split(dense(2 * inner, name="proj_in", dtype=self.dtype)(x), 2, axis=-1)
+    return dense(self.dim_out, ("mlp", "embed"), name="proj_out", dtype=self.dtype)(a * nn.gelu(gate, approximate=False))
+
+
+class BasicTransformerBlock(nn.Module):
+  """Pre-LayerNorm self-attention, cross-attention on the context, GEGLU feed-forward; residual each."""
+  num_heads: int
+  head_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+    attn = lambda name: MultiHeadAttention(self.num_heads, self.head_dim, dtype=self.dtype, name=name)
+    x = x + attn("attn1")(layer_norm(1e-5, name="norm1", dtype=self.dtype)(x))
+    x = x + attn("attn2")(layer_norm(1e-5, name="norm2", dtype=self.dtype)(x), context)
+    return x + GEGLU(x.shape[-1], dtype=self.dtype, name="ff")(layer_norm(1e-5, name="norm3", dtype=self.dtype)(x))
+
+
+class SpatialTransformer(nn.Module):
+  """LDM's cross-attention block: norm, project in, `depth` transformer blocks, project out, residual.
+
+  x [B, H, W, C], context [B, L, D] or None (then cross-attention attends to x itself).
+  """
+  num_heads: int
+  head_dim: int
+  depth: int = 1
+  use_linear_projection: bool = False
+  groups: int = 32
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+    b, h, w, c = x.shape
+    inner = self.num_heads * self.head_dim
+    y = group_norm(self.groups, self.eps, name="norm", dtype=self.dtype)(x)
+    if self.use_linear_projection:
+      y = dense(inner, name="proj_in", dtype=self.dtype)(y.reshape(b, h * w, c))
+    else:
+      y = conv(inner, kernel=1, padding=0, name="proj_in", dtype=self.dtype)(y).reshape(b, h * w, inner)
+    for i in range(self.depth):
+      y = BasicTransformerBlock(self.num_heads, self.head_dim, dtype=self.dtype, name=f"transformer_blocks_{i}")(y, context)
+    if self.use_linear_projection:
+      y = dense(c, ("mlp", "embed"), name="proj_out", dtype=self.dtype)(y).reshape(b, h, w, c)
+    else:
+      y = conv(c, kernel=1, padding=0, name="proj_out", dtype=self.dtype)(y.reshape(b, h, w, inner))
+    return x + y

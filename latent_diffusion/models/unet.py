@@ -1,0 +1,113 @@
+"""The latent-diffusion UNet (ADM-style ResBlocks, SpatialTransformer cross-attention), NHWC.
+
+x_t [B, H, W, C] (+ concat channels), timesteps [B], optional context [B, L, D] and class labels
+[B] -> model output [B, H, W, out_channels] (epsilon, v or x0 by the training target).
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from latent_diffusion.models.layers import (AttentionBlock, Downsample, Dtype, ResnetBlock, SpatialTransformer,
+                                            Upsample, conv, dense, group_norm, timestep_embedding)
+
+
+class UNet(nn.Module):
+  out_channels: int = 4
+  model_channels: int = 320
+  channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+  num_res_blocks: int = 2
+  # Downsample rates (1 = input resolution) whose blocks get attention.
+  attention_resolutions: tuple[int, ...] = (4, 2, 1)
+  # Attention heads by count, or by channels per head (exactly one of them is set).
+  num_heads: int = -1
+  num_head_channels: int = -1
+  transformer_depth: int = 1
+  # Width of the cross-attention context; None -> plain self-attention blocks.
+  context_dim: int | None = None
+  use_linear_projection: bool = False
+  # Class-label embeddings (including a 'null' label for classifier-free guidance), or None.
+  num_classes: int | None = None
+  use_scale_shift_norm: bool = False
+  dropout: float = 0.0
+  groups: int = 32
+  eps: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  def _heads(self, channels: int) -> tuple[int, int]:
+    if (self.num_heads == -1) == (self.num_head_channels == -1):
+      raise ValueError(f"Set exactly one of num_heads ({self.num_heads}) and num_head_channels "
+                       f"({self.num_head_channels}) when attention_resolutions={self.attention_resolutions}.")
+    if self.num_head_channels != -1:
+      if channels % self.num_head_channels:
+        raise ValueError(f"num_head_channels={self.num_head_channels} does not divide {channels} channels.")
+      return channels // self.num_head_channels, self.num_head_channels
+    if channels % self.num_heads:
+      raise ValueError(f"num_heads={self.num_heads} does not divide {channels} channels.")
+    return self.num_heads, channels // self.num_heads
+
+  def _attention(self, h: jax.Array, context: jax.Array | None, name: str) -> jax.Array:
+    heads, head_dim = self._heads(h.shape[-1])
+    if self.context_dim is None:
+      return AttentionBlock(heads, head_dim, groups=self.groups, eps=self.eps, dtype=self.dtype, name=name)(h)
+    return SpatialTransformer(heads, head_dim, depth=self.transformer_depth, use_linear_projection=self.use_linear_projection,
+                              groups=self.groups, dtype=self.dtype, name=name)(h, context)
+
+  def _check_inputs(self, x, context, y):
+    levels = 2 ** (len(self.channel_mult) - 1)
+    if x.shape[1] % levels or x.shape[2] % levels:
+      raise ValueError(f"Input size {x.shape[1:3]} is not divisible by 2**(len(channel_mult)-1) = {levels}.")
+    if context is not None and self.context_dim is None:
+      raise ValueError("A context was given to a UNet without cross-attention (context_dim is None).")
+    if context is not None and context.shape[-1] != self.context_dim:
+      raise ValueError(f"Context width {context.shape[-1]} != context_dim {self.context_dim}.")
+    if (y is None) != (self.num_classes is None):
+      raise ValueError(f"Class labels y must be given exactly when num_classes is set (num_classes={self.num_classes}, "
+                       f"y {'missing' if y is None else 'given'}).")
+
+  @nn.compact
+  def __call__(self, x: jax.Array, t: jax.Array, *, context: jax.Array | None = None, y: jax.Array | None = None,
+               concat: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+    self._check_inputs(x, context, y)
+    mc = self.model_channels
+    temb = timestep_embedding(jnp.broadcast_to(t, x.shape[:1]), mc)
+    temb = dense(4 * mc, name="time_embed_0", dtype=self.dtype)(temb)
+    temb = dense(4 * mc, ("mlp", "embed"), name="time_embed_1", dtype=self.dtype)(nn.silu(temb))
+    if self.num_classes is not None:
+      table = nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed"))
+      temb = temb + nn.Embed(self.num_classes, 4 * mc, embedding_init=table, dtype=self.dtype, name="label_emb")(y)
+    if concat is not None:
+      x = jnp.concatenate([x, concat.astype(x.dtype)], axis=-1)
+
+    res = lambda ch, name: ResnetBlock(ch, self.dropout, self.use_scale_shift_norm, self.groups, self.eps,
+                                       self.dtype, name=name)
+    h = conv(mc, name="conv_in", dtype=self.dtype)(x)
+    skips, rate = [h], 1
+    for level, mult in enumerate(self.channel_mult):
+      for j in range(self.num_res_blocks):
+        h = res(mc * mult, f"down_{level}_res_{j}")(h, temb, deterministic)
+        if rate in self.attention_resolutions:
+          h = self._attention(h, context, f"down_{level}_attn_{j}")
+        skips.append(h)
+      if level < len(self.channel_mult) - 1:
+        h = Downsample(mc * mult, dtype=self.dtype, name=f"down_{level}_downsample")(h)
+        skips.append(h)
+        rate *= 2
+
+    top = mc * self.channel_mult[-1]
+    h = res(top, "mid_res_0")(h, temb, deterministic)
+    h = self._attention(h, context, "mid_attn")
+    h = res(top, "mid_res_1")(h, temb, deterministic)
+
+    for level in reversed(range(len(self.channel_mult))):
+      for j in range(self.num_res_blocks + 1):
+        h = jnp.concatenate([h, skips.pop()], axis=-1)
+        h = res(mc * self.channel_mult[level], f"up_{level}_res_{j}")(h, temb, deterministic)
+        if rate in self.attention_resolutions:
+          h = self._attention(h, context, f"up_{level}_attn_{j}")
+      if level > 0:
+        h = Upsample(mc * self.channel_mult[level], dtype=self.dtype, name=f"up_{level}_upsample")(h)
+        rate //= 2
+
+    h = nn.silu(group_norm(self.groups, self.eps, name="norm_out", dtype=self.dtype)(h))
+    return conv(self.out_channels, name="conv_out", dtype=self.dtype, zero_init=True)(h)

@@ -1,0 +1,25 @@
+"""Runs an experiment's stages (train autoencoder, train LDM, evaluate).
+
+  python -m latent_diffusion.train --config=configs/quickstart.py --workdir=runs/quickstart \
+      [--config.ldm.loop.train_steps=1000 ...]
+
+Rerunning the same command resumes from the latest checkpoints.
+"""
+
+from absl import app, flags, logging
+
+from latent_diffusion import configuration, pipeline
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and metrics.json.",
+                               required=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  pipeline.run(configuration.parsed_config(), _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=configuration.flags_parser)

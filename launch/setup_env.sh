@@ -1,0 +1,19 @@
+# Sourced by the local scripts: creates (once) and activates .venv with the pinned requirements.
+# Usage: source launch/setup_env.sh [requirements file, default requirements.txt]
+set -euo pipefail
+_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+_requirements="${1:-requirements.txt}"
+_python="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+if [ ! -x "$_repo/.venv/bin/python" ]; then
+  echo "Creating $_repo/.venv with $("$_python" --version)"
+  "$_python" -m venv "$_repo/.venv"
+fi
+# shellcheck disable=SC1091
+source "$_repo/.venv/bin/activate"
+_stamp="$_repo/.venv/.installed-$(basename "$_requirements")-$(cat "$_repo"/requirements*.txt | sha1sum | cut -c1-12)"
+if [ ! -f "$_stamp" ]; then
+  python -m pip install --quiet --upgrade pip
+  python -m pip install --quiet -r "$_repo/$_requirements"
+  touch "$_stamp"
+fi
+cd "$_repo"

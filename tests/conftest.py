@@ -1,0 +1,23 @@
+"""Shared fixtures: one tiny end-to-end run (both stages + evaluation) reused by several tests."""
+
+import json
+import pathlib
+
+import pytest
+
+from latent_diffusion import configuration, pipeline
+
+
+def tiny_config(*overrides: str):
+  """configs/tiny.py with `--config.` overrides such as 'ldm.loop.train_steps=10'."""
+  config, _ = configuration.parse_config_args(["--config=configs/tiny.py"] + [f"--config.{o}" for o in overrides])
+  return config
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory) -> pathlib.Path:
+  """A workdir after configs/tiny.py ran all stages (autoencoder, ldm, evaluate)."""
+  workdir = tmp_path_factory.mktemp("tiny_run")
+  pipeline.run(tiny_config(), workdir)
+  assert json.loads((workdir / "metrics.json").read_text()).keys() >= set(pipeline.STAGES)
+  return workdir
