@@ -29,13 +29,19 @@ def train_classifier(config):
   return classifier, float((classifier.predict(val_x) == val_y).mean())
 
 
-def generate_per_class(config, workdir: pathlib.Path, mesh, samples_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """(images [num_classes * n, H, W, C] in [0, 1], labels) with n = samples_per_class, class-major."""
+def load_generator(config, workdir: pathlib.Path, mesh):
+  """(generate, unet_params, ae_params): the compiled class-conditional sampler of a trained run."""
   ae, ae_params = autoencoder.load_params(config, workdir, mesh)
   unet, unet_params, scale_factor = ldm.load_params(config, workdir, mesh)
   generate = sampling.make_generate_fn(
       unet, ae, ldm.build_schedule(config), config.sample, ldm.latent_shape(config), scale_factor,
       config.ldm.diffusion.prediction_type, ldm.null_label(config))
+  return generate, unet_params, ae_params
+
+
+def generate_per_class(config, workdir: pathlib.Path, mesh, samples_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(images [num_classes * n, H, W, C] in [0, 1], labels) with n = samples_per_class, class-major."""
+  generate, unet_params, ae_params = load_generator(config, workdir, mesh)
   labels = np.repeat(np.arange(config.data.num_classes), samples_per_class).astype(np.int32)
   images = sampling.generate_for_labels(generate, unet_params, ae_params, jax.random.key(seed), labels,
                                         config.sample.batch_size)

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from latent_diffusion import configuration, parallel, sampling
-from latent_diffusion.training import autoencoder, ldm, loop
+from latent_diffusion import configuration, evaluate, parallel, sampling
+from latent_diffusion.training import loop
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Experiment directory (as given to latent_diffusion.train).",
                                required=True)
@@ -28,16 +28,13 @@ _GUIDANCE = flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed of the initial noise and sampler noise.")
 
 
-def sample_config(config):
-  """config.sample with the command-line overrides applied."""
+def apply_flag_overrides(sample_config) -> None:
+  """Sets the sampler options given on the command line in config.sample."""
   overrides = {"num_steps": _NUM_STEPS.value, "sampler": _SAMPLER.value, "eta": _ETA.value,
                "guidance_scale": _GUIDANCE.value}
-  sample = config.sample
-  with sample.unlocked():
-    for key, value in overrides.items():
-      if value is not None:
-        sample[key] = value
-  return sample
+  for key, value in overrides.items():
+    if value is not None:
+      sample_config[key] = value
 
 
 def main(argv):
@@ -52,12 +49,8 @@ def main(argv):
   num_classes = config.data.num_classes
   if not -1 <= _LABEL.value < num_classes:
     raise app.UsageError(f"--label={_LABEL.value} is not a class of this model (0..{num_classes - 1}, or -1).")
-  mesh = parallel.make_mesh(config.mesh)
-  ae, ae_params = autoencoder.load_params(config, workdir, mesh)
-  unet, unet_params, scale_factor = ldm.load_params(config, workdir, mesh)
-  generate = sampling.make_generate_fn(unet, ae, ldm.build_schedule(config), sample_config(config),
-                                       ldm.latent_shape(config), scale_factor,
-                                       config.ldm.diffusion.prediction_type, ldm.null_label(config))
+  apply_flag_overrides(config.sample)
+  generate, unet_params, ae_params = evaluate.load_generator(config, workdir, parallel.make_mesh(config.mesh))
   n = _NUM_IMAGES.value
   labels = np.full(n, _LABEL.value) if _LABEL.value >= 0 else np.arange(n) % num_classes
   start = time.perf_counter()

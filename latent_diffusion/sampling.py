@@ -59,8 +59,12 @@ def generate_for_labels(generate: Callable, unet_params, ae_params, rng: jax.Arr
   return np.concatenate(outputs)
 
 
-def save_grid(images: np.ndarray, rows: int, path, upscale: int = 4) -> None:
-  """Writes images [rows * cols, H, W, C] in [0, 1] as one PNG grid (row-major), upscaled."""
+def save_grid(images: np.ndarray, rows: int, path, upscale: int = 4, gap: int = 1) -> None:
+  """Writes images [rows * cols, H, W, C] in [0, 1] as one PNG grid (row-major), upscaled.
+
+  Cells are separated by `gap` mid-grey pixels (before upscaling).
+  """
+  images = np.pad(images, ((0, 0), (0, gap), (0, gap), (0, 0)), constant_values=0.5)
   n, h, w, c = images.shape
   cols = n // rows
   grid = images[:rows * cols].reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)

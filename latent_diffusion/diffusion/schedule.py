@@ -1,11 +1,11 @@
-"""Noise schedules and the forward process q(x_t | x_0) (math only, no Flax modules).
+"""Noise schedules, the forward process q(x_t | x_0) and the three output parameterizations.
 
-Notation (DDPM / DDIM papers): beta_t, alpha_bar_t = prod_{s<=t} (1 - beta_s),
-x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps; the v target (Salimans & Ho) is
-v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0. Timesteps t are integers in [0, T).
+Pure math over arrays (no Flax modules). Notation of Ho et al. (2020) / Song et al. (2021):
+beta_t, alpha_bar_t = prod_{s<=t} (1 - beta_s),
+x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,  eps ~ N(0, I),
+and the v target of Salimans & Ho (2022), v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0.
+Timesteps t are integers in [0, T); t = 0 is the least noisy step.
 """
-
-import math
 
 import flax
 import jax
@@ -13,43 +13,51 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _linear(num_timesteps, beta_start, beta_end):
+def _linear(num_timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
   return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
 
 
-def _scaled_linear(num_timesteps, beta_start, beta_end):
-  # Linear in sqrt(beta): the LDM / Stable Diffusion schedule.
+def _scaled_linear(num_timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
+  # Linear in sqrt(beta): the schedule of LDM and Stable Diffusion (0.00085 -> 0.012).
   return np.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=np.float64) ** 2
 
 
-def _cosine(num_timesteps, beta_start=None, beta_end=None, s=0.008, max_beta=0.999):
-  # Nichol & Dhariwal (2021): alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2); betas capped.
+def _cosine(num_timesteps: int, beta_start: float, beta_end: float, s: float = 0.008,
+            max_beta: float = 0.999) -> np.ndarray:
+  """Nichol & Dhariwal (2021): alpha_bar(u) = cos^2((u + s) / (1 + s) * pi / 2), u = t / T.
+
+  beta_start / beta_end do not apply. Betas are capped at `max_beta` because beta -> 1 at u = 1.
+  """
   del beta_start, beta_end
-  alpha_bar = lambda u: math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
-  steps = np.arange(num_timesteps, dtype=np.float64)
-  ratios = np.array([alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps) for i in steps])
-  return np.minimum(1.0 - ratios, max_beta)
+  f = np.cos((np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps + s) / (1 + s) * np.pi / 2) ** 2
+  return np.minimum(1.0 - f[1:] / f[:-1], max_beta)
 
 
+# Schedule name -> fn(num_timesteps, beta_start, beta_end) -> betas float64 [T].
 BETA_SCHEDULES = {"linear": _linear, "scaled_linear": _scaled_linear, "cosine": _cosine}
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def make_betas(name: str, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2) -> np.ndarray:
-  """beta_t, float64 [T], of the schedule named `name` (a key of BETA_SCHEDULES)."""
+def make_betas(name: str, num_timesteps: int = 1000, beta_start: float = 1e-4,
+               beta_end: float = 2e-2) -> np.ndarray:
+  """beta_t, float64 [T], for the schedule `name` (a key of BETA_SCHEDULES)."""
   if name not in BETA_SCHEDULES:
     raise ValueError(f"Unknown beta schedule {name!r}; known: {sorted(BETA_SCHEDULES)}.")
+  if num_timesteps < 1:
+    raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}.")
   return BETA_SCHEDULES[name](num_timesteps, beta_start, beta_end)
 
 
 @flax.struct.dataclass
 class NoiseSchedule:
-  """The discrete forward process, as alpha_bar_t float32 [T]."""
-  alphas_cumprod: jax.Array
+  """The discrete forward process, stored as alpha_bar_t (a pytree: pass it through jit)."""
+  alphas_cumprod: jax.Array  # alpha_bar_t, float32 [T]
 
   @classmethod
-  def create(cls, name: str, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2):
+  def create(cls, name: str, num_timesteps: int = 1000, beta_start: float = 1e-4,
+             beta_end: float = 2e-2) -> "NoiseSchedule":
     betas = make_betas(name, num_timesteps, beta_start, beta_end)
+    # cumprod in float64, then cast: float32 products drift over 1000 steps.
     return cls(alphas_cumprod=jnp.asarray(np.cumprod(1.0 - betas), jnp.float32))
 
   @property
@@ -58,48 +66,53 @@ class NoiseSchedule:
 
   @property
   def betas(self) -> jax.Array:
-    previous = jnp.concatenate([jnp.ones((1,), self.alphas_cumprod.dtype), self.alphas_cumprod[:-1]])
-    return 1.0 - self.alphas_cumprod / previous
+    """beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}, float32 [T]."""
+    alpha_bar_prev = jnp.concatenate([jnp.ones((1,), self.alphas_cumprod.dtype), self.alphas_cumprod[:-1]])
+    return 1.0 - self.alphas_cumprod / alpha_bar_prev
 
 
-def _per_example(values: jax.Array, t: jax.Array, like: jax.Array) -> jax.Array:
-  """values[t] [B] broadcast against `like` [B, ...]."""
+def _gather(values: jax.Array, t: jax.Array, like: jax.Array) -> jax.Array:
+  """values[t] for t [B], shaped [B, 1, ..., 1] to broadcast against `like` [B, ...]."""
   return values[t].reshape(t.shape + (1,) * (like.ndim - t.ndim)).astype(like.dtype)
-
-
-def q_sample(schedule: NoiseSchedule, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
-  """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps.  x0, noise [B, ...]; t int [B]."""
-  alpha_bar = _per_example(schedule.alphas_cumprod, t, x0)
-  return jnp.sqrt(alpha_bar) * x0 + jnp.sqrt(1.0 - alpha_bar) * noise
 
 
 def _check_prediction_type(prediction_type: str) -> None:
   if prediction_type not in PREDICTION_TYPES:
-    raise ValueError(f"Unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}.")
+    raise ValueError(f"Unknown prediction_type {prediction_type!r}; known: {list(PREDICTION_TYPES)}.")
+
+
+def q_sample(schedule: NoiseSchedule, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+  """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps.  x0, noise [B, ...]; t int [B]."""
+  alpha_bar_t = _gather(schedule.alphas_cumprod, t, x0)                 # [B, 1, ..., 1]
+  return jnp.sqrt(alpha_bar_t) * x0 + jnp.sqrt(1.0 - alpha_bar_t) * noise
 
 
 def training_target(schedule: NoiseSchedule, x0: jax.Array, noise: jax.Array, t: jax.Array,
                     prediction_type: str) -> jax.Array:
-  """What the network regresses: eps, v = sqrt(a) eps - sqrt(1-a) x0, or x0 itself."""
+  """What the network regresses at (x_t, t): eps, v, or x0 itself.  [B, ...] like x0."""
   _check_prediction_type(prediction_type)
   if prediction_type == "epsilon":
     return noise
   if prediction_type == "sample":
     return x0
-  alpha_bar = _per_example(schedule.alphas_cumprod, t, x0)
-  return jnp.sqrt(alpha_bar) * noise - jnp.sqrt(1.0 - alpha_bar) * x0
+  alpha_bar_t = _gather(schedule.alphas_cumprod, t, x0)
+  return jnp.sqrt(alpha_bar_t) * noise - jnp.sqrt(1.0 - alpha_bar_t) * x0
 
 
 def predict_x0_and_eps(schedule: NoiseSchedule, x_t: jax.Array, t: jax.Array, model_output: jax.Array,
                        prediction_type: str) -> tuple[jax.Array, jax.Array]:
-  """(x0_hat, eps_hat) implied by the model output at (x_t, t)."""
+  """(x0_hat, eps_hat), each [B, ...], implied by the model output at (x_t, t [B]).
+
+  Inverts `training_target`: fed the true target, returns the true x0 and eps.
+  """
   _check_prediction_type(prediction_type)
-  alpha_bar = _per_example(schedule.alphas_cumprod, t, x_t)
-  sqrt_a, sqrt_1ma = jnp.sqrt(alpha_bar), jnp.sqrt(1.0 - alpha_bar)
+  alpha_bar_t = _gather(schedule.alphas_cumprod, t, x_t)
+  sqrt_a, sqrt_1ma = jnp.sqrt(alpha_bar_t), jnp.sqrt(1.0 - alpha_bar_t)
   if prediction_type == "epsilon":
     eps_hat = model_output
     x0_hat = (x_t - sqrt_1ma * eps_hat) / sqrt_a
   elif prediction_type == "v_prediction":
+    # (x_t, v) is a rotation of (x0, eps) by the angle with cos = sqrt_a, sin = sqrt_1ma.
     x0_hat = sqrt_a * x_t - sqrt_1ma * model_output
     eps_hat = sqrt_1ma * x_t + sqrt_a * model_output
   else:

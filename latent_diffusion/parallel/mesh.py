@@ -26,7 +26,9 @@ def make_mesh(mesh_config) -> Mesh:
     shape[shape.index(-1)] = n // known
   if int(np.prod(shape)) != n:
     raise ValueError(f"config.mesh.shape={tuple(shape)} needs {int(np.prod(shape))} devices, {n} are present.")
-  return jax.make_mesh(tuple(shape), tuple(mesh_config.axes))
+  # Auto axes: XLA propagates shardings from the jit in/out shardings (no per-op sharding types).
+  axis_types = (jax.sharding.AxisType.Auto,) * len(shape)
+  return jax.make_mesh(tuple(shape), tuple(mesh_config.axes), axis_types=axis_types)
 
 
 def rules(mesh_config) -> tuple:

@@ -8,12 +8,14 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 from latent_diffusion import parallel, pipeline
-from latent_diffusion.evaluate import generate_per_class
+from latent_diffusion.evaluate import load_generator
 from latent_diffusion.training.checkpoint import StageCheckpoints
 from tests.conftest import tiny_config
 
@@ -39,16 +41,17 @@ def test_evaluation_writes_grid_and_scores(trained_workdir):
   assert 0.0 <= metrics["generated_accuracy"] <= 1.0
   assert metrics["generated_samples"] == 20 and len(metrics["generated_accuracy_per_class"]) == 10
   grid = Image.open(trained_workdir / "samples.png")
-  assert grid.size == (2 * 16 * 4, 10 * 16 * 4)  # 2 columns x 10 class rows, 4x upscaled
+  assert grid.size == (2 * 17 * 4, 10 * 17 * 4)  # 2 columns x 10 class rows, 1-pixel gaps, 4x upscaled
 
 
-def test_deterministic_ddim_sampling(trained_workdir):
+def test_deterministic_ddim_sampling_from_the_checkpoint(trained_workdir):
   config = tiny_config("sample.eta=0.0")
-  mesh = parallel.make_mesh(config.mesh)
-  first, labels = generate_per_class(config, trained_workdir, mesh, samples_per_class=1, seed=7)
-  again, _ = generate_per_class(config, trained_workdir, mesh, samples_per_class=1, seed=7)
-  other, _ = generate_per_class(config, trained_workdir, mesh, samples_per_class=1, seed=8)
-  assert first.shape == (10, 16, 16, 1) and list(labels) == list(range(10))
+  generate, unet_params, ae_params = load_generator(config, trained_workdir, parallel.make_mesh(config.mesh))
+  labels = jnp.arange(10, dtype=jnp.int32)
+  first = generate(unet_params, ae_params, jax.random.key(7), labels)
+  again = generate(unet_params, ae_params, jax.random.key(7), labels)
+  other = generate(unet_params, ae_params, jax.random.key(8), labels)
+  assert first.shape == (10, 16, 16, 1) and 0.0 <= float(first.min()) and float(first.max()) <= 1.0
   np.testing.assert_array_equal(first, again)
   assert np.abs(first - other).mean() > 1e-3
 
