@@ -160,7 +160,8 @@ class GEGLU(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     inner = x.shape[-1] * self.mult
     a, gate = jnp.split(dense(2 * inner, name="proj_in", dtype=self.dtype)(x), 2, axis=-1)
-    return dense(self.dim_out, ("mlp", "embed"), name="proj_out", dtype=self.dtype)(a * nn.gelu(gate, approximate=False))
+    out = dense(self.dim_out, ("mlp", "embed"), name="proj_out", dtype=self.dtype)
+    return out(a * nn.gelu(gate, approximate=False))
 
 
 class BasicTransformerBlock(nn.Module):
@@ -200,7 +201,8 @@ class SpatialTransformer(nn.Module):
     else:
       y = conv(inner, kernel=1, padding=0, name="proj_in", dtype=self.dtype)(y).reshape(b, h * w, inner)
     for i in range(self.depth):
-      y = BasicTransformerBlock(self.num_heads, self.head_dim, dtype=self.dtype, name=f"transformer_blocks_{i}")(y, context)
+      block = BasicTransformerBlock(self.num_heads, self.head_dim, dtype=self.dtype, name=f"transformer_blocks_{i}")
+      y = block(y, context)
     if self.use_linear_projection:
       y = dense(c, ("mlp", "embed"), name="proj_out", dtype=self.dtype)(y).reshape(b, h, w, c)
     else:

@@ -50,7 +50,8 @@ class UNet(nn.Module):
     heads, head_dim = self._heads(h.shape[-1])
     if self.context_dim is None:
       return AttentionBlock(heads, head_dim, groups=self.groups, eps=self.eps, dtype=self.dtype, name=name)(h)
-    return SpatialTransformer(heads, head_dim, depth=self.transformer_depth, use_linear_projection=self.use_linear_projection,
+    return SpatialTransformer(heads, head_dim, depth=self.transformer_depth,
+                              use_linear_projection=self.use_linear_projection,
                               groups=self.groups, dtype=self.dtype, name=name)(h, context)
 
   def _check_inputs(self, x, context, y):

@@ -1,0 +1,103 @@
+"""Shared blocks: attention against a plain einsum reference, timestep embedding, logical names."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from latent_diffusion.models import layers
+
+
+def test_multi_head_attention_matches_softmax_reference(random_params):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 6, 16)), jnp.float32)
+  context = jnp.asarray(rng.normal(size=(2, 5, 12)), jnp.float32)
+  attention = layers.MultiHeadAttention(num_heads=2, head_dim=4)
+  params = random_params(attention, x, context)
+  out = attention.apply(params, x, context)
+  p = params["params"]
+  q = (x @ p["to_q"]["kernel"]).reshape(2, 6, 2, 4)
+  k = (context @ p["to_k"]["kernel"]).reshape(2, 5, 2, 4)
+  v = (context @ p["to_v"]["kernel"]).reshape(2, 5, 2, 4)
+  weights = jax.nn.softmax(jnp.einsum("bqnh,bknh->bnqk", q, k) / math.sqrt(4), axis=-1)
+  ref = jnp.einsum("bnqk,bknh->bqnh", weights, v).reshape(2, 6, 8) @ p["to_out"]["kernel"] + p["to_out"]["bias"]
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+  assert "bias" not in p["to_q"]  # cross-attention projections have no bias (as LDM / diffusers)
+
+
+def test_timestep_embedding_closed_form():
+  t = jnp.array([0, 1, 500])
+  emb = layers.timestep_embedding(t, 8)
+  freqs = np.exp(-math.log(10000.0) * np.arange(4) / 4)
+  args = np.array([0, 1, 500])[:, None] * freqs[None]
+  np.testing.assert_allclose(emb, np.concatenate([np.cos(args), np.sin(args)], axis=1), rtol=1e-5, atol=1e-5)
+  unflipped = layers.timestep_embedding(t, 8, flip_sin_to_cos=False)
+  np.testing.assert_allclose(unflipped[:, :4], np.sin(args), rtol=1e-5, atol=1e-5)
+  shifted = layers.timestep_embedding(t, 8, downscale_freq_shift=1.0)
+  np.testing.assert_allclose(shifted[:, :4], np.cos(t[:, None] * np.exp(-math.log(10000.0) * np.arange(4) / 3)),
+                             rtol=1e-5, atol=1e-5)
+  assert layers.timestep_embedding(t, 7).shape == (3, 7)
+
+
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_resnet_block_uses_the_time_embedding(scale_shift, random_params):
+  block = layers.ResnetBlock(16, use_scale_shift_norm=scale_shift, groups=4)
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+  temb = jax.random.normal(jax.random.key(1), (2, 32))
+  params = random_params(block, x, temb)
+  p = params["params"]
+  assert p["time_emb_proj"]["kernel"].shape == (32, 32 if scale_shift else 16)
+  assert p["conv_shortcut"]["kernel"].shape == (1, 1, 8, 16)  # channel change -> 1x1 shortcut
+  out = block.apply(params, x, temb)
+  assert out.shape == (2, 4, 4, 16)
+  assert not np.allclose(out, block.apply(params, x, temb * 2))
+
+
+def test_down_and_upsample_shapes(random_params):
+  x = jnp.zeros((1, 8, 8, 4))
+  for asymmetric in (False, True):
+    down = layers.Downsample(6, asymmetric_padding=asymmetric)
+    assert down.apply(random_params(down, x), x).shape == (1, 4, 4, 6)
+  up = layers.Upsample(3)
+  assert up.apply(random_params(up, x), x).shape == (1, 16, 16, 3)
+
+
+@pytest.mark.parametrize("linear", [False, True])
+def test_spatial_transformer_cross_attends(linear, random_params):
+  block = layers.SpatialTransformer(num_heads=2, head_dim=4, depth=2, use_linear_projection=linear, groups=4)
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+  context = jax.random.normal(jax.random.key(1), (2, 3, 10))
+  params = random_params(block, x, context)
+  apply = jax.jit(block.apply)
+  out = apply(params, x, context)
+  assert out.shape == x.shape
+  assert not np.allclose(out, apply(params, x, context + 1.0))  # the context matters
+  p = params["params"]
+  assert p["transformer_blocks_1"]["attn2"]["to_k"]["kernel"].shape == (10, 8)
+  assert p["proj_in"]["kernel"].shape == ((8, 8) if linear else (1, 1, 8, 8))
+
+
+def test_every_parameter_has_logical_axis_names(assert_fully_annotated):
+  x = jnp.zeros((1, 2, 2, 8))
+  for block, args in [(layers.SpatialTransformer(num_heads=2, head_dim=4, use_linear_projection=True, groups=4),
+                       (x, jnp.zeros((1, 3, 5)))),
+                      (layers.ResnetBlock(16, use_scale_shift_norm=True, groups=4), (x, jnp.zeros((1, 32)))),
+                      (layers.AttentionBlock(2, 4, groups=4), (x,))]:
+    assert_fully_annotated(jax.eval_shape(block.init, jax.random.key(0), *args))
+
+
+def test_attention_block_splits_channels_into_heads(random_params):
+  """The same weights give different outputs with 2 heads of 8 and 4 heads of 4 channels."""
+  x = jax.random.normal(jax.random.key(0), (2, 3, 3, 16))
+  two = layers.AttentionBlock(num_heads=2, head_dim=8, groups=4)
+  four = layers.AttentionBlock(num_heads=4, head_dim=4, groups=4)
+  params = random_params(two, x)
+  abstract_four = nn.unbox(jax.eval_shape(four.init, jax.random.key(1), x))
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, abstract_four)
+  out_two, out_four = two.apply(params, x), four.apply(params, x)
+  assert out_two.shape == x.shape
+  assert not np.allclose(out_two, out_four, atol=1e-4)
+
