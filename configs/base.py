@@ -54,7 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
       shape=(-1, 1, 1),
       axes=("data", "fsdp", "tensor"),
       # Logical axis name -> mesh axis (None = replicated); parameters and batches follow these.
-      rules=(("batch", ("data", "fsdp")), ("conv_out", "fsdp"), ("mlp", "fsdp"), ("heads", "tensor")),
+      # In a parameter, a mesh axis already taken by an earlier dimension is skipped (Flax rule order).
+      rules=(("batch", ("data", "fsdp")), ("conv_out", "fsdp"), ("mlp", "fsdp"), ("heads", "tensor"),
+             ("embed", "fsdp")),
   ))
 
   config.data = ml_collections.ConfigDict(dict(

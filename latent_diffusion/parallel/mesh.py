@@ -13,10 +13,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def make_mesh(mesh_config) -> Mesh:
-  """A mesh of all devices with `mesh_config.axes`; one entry of `shape` may be -1 (fill)."""
+def make_mesh(mesh_config, devices: list | None = None) -> Mesh:
+  """A mesh of all (or the given) devices with `mesh_config.axes`; one `shape` entry may be -1 (fill)."""
   shape = list(mesh_config.shape)
-  n = jax.device_count()
+  n = len(devices) if devices is not None else jax.device_count()
   if shape.count(-1) > 1:
     raise ValueError(f"config.mesh.shape={tuple(shape)}: at most one axis may be -1.")
   known = int(np.prod([s for s in shape if s != -1]))
@@ -28,18 +28,33 @@ def make_mesh(mesh_config) -> Mesh:
     raise ValueError(f"config.mesh.shape={tuple(shape)} needs {int(np.prod(shape))} devices, {n} are present.")
   # Auto axes: XLA propagates shardings from the jit in/out shardings (no per-op sharding types).
   axis_types = (jax.sharding.AxisType.Auto,) * len(shape)
-  return jax.make_mesh(tuple(shape), tuple(mesh_config.axes), axis_types=axis_types)
+  return jax.make_mesh(tuple(shape), tuple(mesh_config.axes), axis_types=axis_types, devices=devices)
 
 
 def rules(mesh_config) -> tuple:
   return tuple((name, tuple(axis) if isinstance(axis, list) else axis) for name, axis in mesh_config.rules)
 
 
+def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+  """`spec` with every dimension the named mesh axes do not divide evenly left unsharded."""
+  def size(axes):
+    axes = axes if isinstance(axes, tuple) else (axes,)
+    return int(np.prod([mesh.shape[a] for a in axes if a is not None]))
+  return P(*[axes if axes is None or dim % size(axes) == 0 else None for axes, dim in zip(spec, shape)])
+
+
 def state_shardings(init_fn: Callable[..., Any], mesh: Mesh, mesh_config, *args) -> Any:
-  """Shardings of `nn.unbox(init_fn(*args))`, from the logical names of the boxed result."""
+  """Shardings of `nn.unbox(init_fn(*args))`, from the logical names of the boxed result.
+
+  A dimension whose size the mesh axes do not divide (e.g. a 1-channel output conv) stays whole.
+  """
   abstract = jax.eval_shape(init_fn, *args)
-  specs = nn.get_partition_spec(abstract)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules(mesh_config))
+  logical = nn.get_partition_spec(abstract)
+  shapes = jax.tree.map(lambda x: x.shape, nn.unbox(abstract))
+  mesh_specs = nn.logical_to_mesh(logical, rules(mesh_config))
+  is_spec = lambda x: isinstance(x, P)
+  fitted = jax.tree.map(lambda spec, shape: _fit(spec, shape, mesh), mesh_specs, shapes, is_leaf=is_spec)
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), fitted, is_leaf=is_spec)
 
 
 def batch_sharding(mesh: Mesh, mesh_config) -> NamedSharding:

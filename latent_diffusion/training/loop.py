@@ -55,6 +55,14 @@ def batch_iterator(dataset: grain.MapDataset, global_batch_size: int, seed: int)
   return iter(local.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
 
 
+def compile_step(step_fn: StepFn, state_shardings, mesh, mesh_config):
+  """The train step as one jit: state sharded by its rules and donated, batch split over 'batch'."""
+  replicated = parallel.replicated(mesh)
+  return jax.jit(step_fn, donate_argnums=0,
+                 in_shardings=(state_shardings, parallel.batch_sharding(mesh, mesh_config), replicated),
+                 out_shardings=(state_shardings, replicated))
+
+
 def _is_finite(metrics: dict) -> bool:
   return all(np.isfinite(v) for v in metrics.values())
 
@@ -80,9 +88,7 @@ def train_stage(stage: Stage) -> tuple[Any, dict, list[dict]]:
     return state, meta, []
 
   batch_sharding = parallel.batch_sharding(stage.mesh, stage.mesh_config)
-  step_fn = jax.jit(stage.step_fn, donate_argnums=0,
-                    in_shardings=(stage.state_shardings, batch_sharding, parallel.replicated(stage.mesh)),
-                    out_shardings=(stage.state_shardings, parallel.replicated(stage.mesh)))
+  step_fn = compile_step(stage.step_fn, stage.state_shardings, stage.mesh, stage.mesh_config)
   writer = metric_writers.create_default_writer(
       str(stage.workdir / "tensorboard"), just_logging=jax.process_index() > 0, collection=stage.name)
   progress = periodic_actions.ReportProgress(num_train_steps=cfg.train_steps, writer=writer,
