@@ -1,0 +1,50 @@
+"""One process of a local multi-host run (gloo CPU collectives): 5 stage-2 steps, then a param digest.
+
+  python -m tests.parallel.multihost_worker COORDINATOR NUM_PROCESSES PROCESS_ID OUT.npz
+
+Each process feeds only its own slice of every global batch; process 0 writes the final params.
+With NUM_PROCESSES=1 it is the single-process reference on all local devices.
+"""
+
+import sys
+
+import jax
+
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
+def main(coordinator: str, num_processes: int, process_id: int, out: str):
+  if num_processes > 1:
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+  import numpy as np
+
+  from latent_diffusion import parallel
+  from latent_diffusion.training import ldm, loop
+  from tests.conftest import tiny_config
+
+  config = tiny_config("mesh.shape=(2, 2, 1)", "ldm.model.model_channels=32", "ldm.model.num_head_channels=16")
+  mesh = parallel.make_mesh(config.mesh)
+  model, tx, state, shardings = ldm.init_state(config, mesh, jax.random.key(0))
+  step = loop.compile_step(ldm.make_train_step(config, model, ldm.build_schedule(config), tx, 0.7),
+                           shardings, mesh, config.mesh)
+  batch_sharding = parallel.batch_sharding(mesh, config.mesh)
+  h, w, c = ldm.latent_shape(config)
+  rng = np.random.default_rng(0)
+  share = 16 // jax.process_count()
+  losses = []
+  for _ in range(5):
+    batch = {"latent_mean": rng.normal(size=(16, h, w, c)).astype(np.float32),
+             "latent_logvar": np.full((16, h, w, c), -3.0, np.float32),
+             "label": rng.integers(0, 10, 16).astype(np.int32)}
+    local = {k: v[jax.process_index() * share:(jax.process_index() + 1) * share] for k, v in batch.items()}
+    state, metrics = step(state, parallel.global_batch(local, batch_sharding), jax.random.key(1))
+    losses.append(float(metrics["loss"]))
+  gather = jax.jit(lambda p: p, out_shardings=parallel.replicated(mesh))
+  params = jax.tree.map(np.asarray, gather(state.params))
+  if jax.process_index() == 0:
+    flat = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+    np.savez(out, losses=np.array(losses), **flat)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
