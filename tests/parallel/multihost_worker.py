@@ -10,15 +10,14 @@ import sys
 
 import jax
 
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
+from latent_diffusion import parallel
 
 
 def main(coordinator: str, num_processes: int, process_id: int, out: str):
   if num_processes > 1:
-    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    parallel.initialize_distributed(coordinator, num_processes, process_id)
   import numpy as np
 
-  from latent_diffusion import parallel
   from latent_diffusion.training import ldm, loop
   from tests.conftest import tiny_config
 
