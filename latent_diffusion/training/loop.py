@@ -55,12 +55,14 @@ def batch_iterator(dataset: grain.MapDataset, global_batch_size: int, seed: int)
   return iter(local.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
 
 
-def compile_step(step_fn: StepFn, state_shardings, mesh, mesh_config):
-  """The train step as one jit: state sharded by its rules and donated, batch split over 'batch'."""
-  replicated = parallel.replicated(mesh)
-  return jax.jit(step_fn, donate_argnums=0,
-                 in_shardings=(state_shardings, parallel.batch_sharding(mesh, mesh_config), replicated),
-                 out_shardings=(state_shardings, replicated))
+def compile_step(step_fn: StepFn, rng: jax.Array, state_shardings, mesh, mesh_config):
+  """jit(state, batch) -> (state, metrics): state sharded by its rules and donated, batch split
+  over 'batch'. The root key enters as a compile-time constant, identical on every process."""
+  key_data = np.asarray(jax.random.key_data(rng))
+  step = lambda state, batch: step_fn(state, batch, jax.random.wrap_key_data(key_data))
+  return jax.jit(step, donate_argnums=0,
+                 in_shardings=(state_shardings, parallel.batch_sharding(mesh, mesh_config)),
+                 out_shardings=(state_shardings, parallel.replicated(mesh)))
 
 
 def _is_finite(metrics: dict) -> bool:
@@ -88,7 +90,7 @@ def train_stage(stage: Stage) -> tuple[Any, dict, list[dict]]:
     return state, meta, []
 
   batch_sharding = parallel.batch_sharding(stage.mesh, stage.mesh_config)
-  step_fn = compile_step(stage.step_fn, stage.state_shardings, stage.mesh, stage.mesh_config)
+  step_fn = compile_step(stage.step_fn, stage.rng, stage.state_shardings, stage.mesh, stage.mesh_config)
   writer = metric_writers.create_default_writer(
       str(stage.workdir / "tensorboard"), just_logging=jax.process_index() > 0, collection=stage.name)
   progress = periodic_actions.ReportProgress(num_train_steps=cfg.train_steps, writer=writer,
@@ -97,7 +99,7 @@ def train_stage(stage: Stage) -> tuple[Any, dict, list[dict]]:
   for step in range(start + 1, cfg.train_steps + 1):
     batch = parallel.global_batch(next(batches), batch_sharding)
     with jax.transfer_guard("disallow"):
-      state, metrics = step_fn(state, batch, stage.rng)
+      state, metrics = step_fn(state, batch)
     sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
     count += 1
     progress(step)

@@ -32,11 +32,11 @@ def trajectory(shape, batches):
   mesh = parallel.make_mesh(config.mesh, devices)
   model, tx, state, shardings = ldm.init_state(config, mesh, jax.random.key(0))
   step = loop.compile_step(ldm.make_train_step(config, model, ldm.build_schedule(config), tx, 0.7),
-                           shardings, mesh, config.mesh)
+                           jax.random.key(1), shardings, mesh, config.mesh)
   batch_sharding = parallel.batch_sharding(mesh, config.mesh)
   losses = []
   for batch in batches:
-    state, metrics = step(state, parallel.global_batch(batch, batch_sharding), jax.random.key(1))
+    state, metrics = step(state, parallel.global_batch(batch, batch_sharding))
     losses.append(float(metrics["loss"]))
   on_device, total = state_bytes(state, devices[0])
   return {"losses": losses, "device0_bytes": on_device, "total_bytes": total}

@@ -25,7 +25,7 @@ def main(coordinator: str, num_processes: int, process_id: int, out: str):
   mesh = parallel.make_mesh(config.mesh)
   model, tx, state, shardings = ldm.init_state(config, mesh, jax.random.key(0))
   step = loop.compile_step(ldm.make_train_step(config, model, ldm.build_schedule(config), tx, 0.7),
-                           shardings, mesh, config.mesh)
+                           jax.random.key(1), shardings, mesh, config.mesh)
   batch_sharding = parallel.batch_sharding(mesh, config.mesh)
   h, w, c = ldm.latent_shape(config)
   rng = np.random.default_rng(0)
@@ -36,7 +36,7 @@ def main(coordinator: str, num_processes: int, process_id: int, out: str):
              "latent_logvar": np.full((16, h, w, c), -3.0, np.float32),
              "label": rng.integers(0, 10, 16).astype(np.int32)}
     local = {k: v[jax.process_index() * share:(jax.process_index() + 1) * share] for k, v in batch.items()}
-    state, metrics = step(state, parallel.global_batch(local, batch_sharding), jax.random.key(1))
+    state, metrics = step(state, parallel.global_batch(local, batch_sharding))
     losses.append(float(metrics["loss"]))
   gather = jax.jit(lambda p: p, out_shardings=parallel.replicated(mesh))
   params = jax.tree.map(np.asarray, gather(state.params))
