@@ -126,6 +126,8 @@ def get_config() -> ml_collections.ConfigDict:
           # What the UNet predicts: epsilon | v_prediction.
           prediction_type="epsilon",
       ),
+      # Directory of latent shards from latent_diffusion.encode; None: encode config.data in memory.
+      latents_path=ml_collections.config_dict.placeholder(str),
       # Latent scale: if scale_by_std, 1/std of the first batch's latents (LDM); else scale_factor.
       scale_by_std=True,
       scale_factor=1.0,
@@ -136,17 +138,35 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   config.sample = ml_collections.ConfigDict(dict(
-      # Sampler by name (latent_diffusion.diffusion.SAMPLERS): ddim | ddpm.
+      # Sampler by name (latent_diffusion.diffusion.SAMPLERS): ddim | ddpm | plms | dpm_solver_pp.
       sampler="ddim",
       num_steps=50,
       # DDIM noise (0 = deterministic ODE sampler, 1 = DDPM-like).
       eta=0.0,
-      # Timestep spacing: leading | trailing | linspace.
+      # Timestep spacing: leading | trailing | linspace (DPM-Solver++ is usually run with linspace).
       spacing="leading",
       # Classifier-free guidance scale (1 = no guidance).
       guidance_scale=3.0,
       # Images per call of the compiled sampler.
       batch_size=100,
+  ))
+
+  config.encode = ml_collections.ConfigDict(dict(
+      # Images per encoder call, over all processes (latent_diffusion.encode).
+      batch_size=64,
+      # Source records per output shard (the unit of resumption).
+      records_per_shard=1024,
+      # 'moments' stores posterior mean and log-variance; 'sample' one z ~ q(z|x) per image.
+      output="moments",
+      # Stored latent dtype: float32 | bfloat16 | float16.
+      dtype="float32",
+      # Seed of the stored samples (output='sample'): record i always gets the same z.
+      seed=0,
+      # Records whose shorter side is below this many pixels are skipped (and counted).
+      min_size=0,
+      # Decoding threads per process.
+      num_threads=4,
+      log_every_steps=20,
   ))
 
   config.evaluate = ml_collections.ConfigDict(dict(

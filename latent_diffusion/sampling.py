@@ -27,9 +27,9 @@ def make_generate_fn(unet: UNet, ae: AutoencoderKL, schedule: NoiseSchedule, sam
     raise ValueError(f"Unknown sampler {sample_config.sampler!r} (config.sample.sampler); known: {sorted(SAMPLERS)}.")
   sampler = SAMPLERS[sample_config.sampler]
   options = dict(num_steps=sample_config.num_steps, guidance_scale=sample_config.guidance_scale,
-                 prediction_type=prediction_type)
+                 prediction_type=prediction_type, spacing=sample_config.spacing)
   if sample_config.sampler == "ddim":
-    options.update(eta=sample_config.eta, spacing=sample_config.spacing)
+    options.update(eta=sample_config.eta)
 
   @jax.jit
   def generate(unet_params, ae_params, rng, labels):

@@ -7,7 +7,10 @@ per-process slice, the seeded shuffle, the repetition and the batching.
 import grain
 import numpy as np
 
+from latent_diffusion.data import images
 from latent_diffusion.data.digits import load_digits_split, make_digits_dataset
+from latent_diffusion.data.image_folder import ImageFolderSource
+from latent_diffusion.data.tar_shards import TarShardSource
 
 
 def from_arrays(arrays: dict[str, np.ndarray]) -> grain.MapDataset:
@@ -19,8 +22,35 @@ def from_arrays(arrays: dict[str, np.ndarray]) -> grain.MapDataset:
       lambda i: {name: a[i] for name, a in arrays.items()})
 
 
+# Image data set name -> fn(path of one split, data_config) returning a record source.
+IMAGE_SOURCES = {
+    "tar_shards": lambda path, cfg: TarShardSource(path, cache_dir=cfg.get("index_cache_dir")),
+    "image_folder": lambda path, cfg: ImageFolderSource(path),
+}
+
+
+def make_image_dataset(data_config, split: str) -> grain.MapDataset:
+  """Photos from `data_config.{split}_path`: a shard pattern ('tar_shards', e.g.
+  'laion/{00000..00127}.tar') or a class-folder root ('image_folder').
+
+  Examples {'image': float32 [S, S, 3] in [-1, 1], 'label' (image_folder)}; optional config keys:
+  crop ('center' | 'random'), flip, min_size, max_aspect_ratio, seed, index_cache_dir. Undecodable
+  or filtered records are dropped and counted (see latent_diffusion.data.images).
+  """
+  path = data_config.get(f"{split}_path")
+  if not path:
+    raise ValueError(f"config.data.{split}_path is not set: data set {data_config.name!r} reads split {split!r} "
+                     "from it (a shard pattern for 'tar_shards', a class-folder root for 'image_folder').")
+  source = IMAGE_SOURCES[data_config.name](path, data_config)
+  return images.image_dataset(
+      source, image_size=data_config.image_size, crop=data_config.get("crop", "center"),
+      flip=data_config.get("flip", False), seed=data_config.get("seed", 0), min_size=data_config.get("min_size", 0),
+      max_aspect_ratio=data_config.get("max_aspect_ratio", float("inf")),
+      skips=images.SkipCounter(f"{data_config.name}/{split}"))
+
+
 # Data set name -> fn(data_config, split) returning a finite grain MapDataset of example dicts.
-DATASETS = {"digits": make_digits_dataset}
+DATASETS = {"digits": make_digits_dataset, **{name: make_image_dataset for name in IMAGE_SOURCES}}
 
 
 def make_dataset(data_config, split: str) -> grain.MapDataset:

@@ -13,13 +13,22 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _linspace_float32(start: float, end: float, num: int) -> np.ndarray:
+  """torch.linspace(start, end, num, dtype=float32), bit for bit: a float32 stride, each point rounded
+  once, and the upper half counted down from `end` (so both endpoints are exact; num = 1 gives start)."""
+  start, end = np.float32(start), np.float32(end)
+  stride = np.float64((end - start) / np.float32(max(num - 1, 1)))
+  k = np.arange(num, dtype=np.float64)
+  return np.where(k < max(num // 2, 1), start + stride * k, end - stride * (num - 1 - k)).astype(np.float32)
+
+
 def _linear(num_timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
-  return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+  return _linspace_float32(beta_start, beta_end, num_timesteps)
 
 
 def _scaled_linear(num_timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
   # Linear in sqrt(beta): the schedule of LDM and Stable Diffusion (0.00085 -> 0.012).
-  return np.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=np.float64) ** 2
+  return _linspace_float32(beta_start**0.5, beta_end**0.5, num_timesteps) ** 2
 
 
 def _cosine(num_timesteps: int, beta_start: float, beta_end: float, s: float = 0.008,
@@ -27,20 +36,25 @@ def _cosine(num_timesteps: int, beta_start: float, beta_end: float, s: float = 0
   """Nichol & Dhariwal (2021): alpha_bar(u) = cos^2((u + s) / (1 + s) * pi / 2), u = t / T.
 
   beta_start / beta_end do not apply. Betas are capped at `max_beta` because beta -> 1 at u = 1.
+  This is diffusers' 'squaredcos_cap_v2' (float64 math, then float32).
   """
   del beta_start, beta_end
   f = np.cos((np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps + s) / (1 + s) * np.pi / 2) ** 2
-  return np.minimum(1.0 - f[1:] / f[:-1], max_beta)
+  return np.minimum(1.0 - f[1:] / f[:-1], max_beta).astype(np.float32)
 
 
-# Schedule name -> fn(num_timesteps, beta_start, beta_end) -> betas float64 [T].
+# Schedule name -> fn(num_timesteps, beta_start, beta_end) -> betas float32 [T].
 BETA_SCHEDULES = {"linear": _linear, "scaled_linear": _scaled_linear, "cosine": _cosine}
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def make_betas(name: str, num_timesteps: int = 1000, beta_start: float = 1e-4,
                beta_end: float = 2e-2) -> np.ndarray:
-  """beta_t, float64 [T], for the schedule `name` (a key of BETA_SCHEDULES)."""
+  """beta_t, float32 [T], for the schedule `name` (a key of BETA_SCHEDULES).
+
+  Rounded to float32 exactly as diffusers' schedulers round them, so that schedules (and samplers)
+  agree with diffusers bit for bit rather than to ~1e-6.
+  """
   if name not in BETA_SCHEDULES:
     raise ValueError(f"Unknown beta schedule {name!r}; known: {sorted(BETA_SCHEDULES)}.")
   if num_timesteps < 1:
@@ -56,9 +70,9 @@ class NoiseSchedule:
   @classmethod
   def create(cls, name: str, num_timesteps: int = 1000, beta_start: float = 1e-4,
              beta_end: float = 2e-2) -> "NoiseSchedule":
-    betas = make_betas(name, num_timesteps, beta_start, beta_end)
-    # cumprod in float64, then cast: float32 products drift over 1000 steps.
-    return cls(alphas_cumprod=jnp.asarray(np.cumprod(1.0 - betas), jnp.float32))
+    alphas = np.float32(1.0) - make_betas(name, num_timesteps, beta_start, beta_end)        # float32, as torch
+    # Accumulated in float64 (float32 products drift over 1000 steps), as torch's CPU cumprod does.
+    return cls(alphas_cumprod=jnp.asarray(np.cumprod(alphas, dtype=np.float64), jnp.float32))
 
   @property
   def num_timesteps(self) -> int:

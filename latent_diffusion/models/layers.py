@@ -62,13 +62,17 @@ def timestep_embedding(t: jax.Array, dim: int, flip_sin_to_cos: bool = True, dow
 
 
 class ResnetBlock(nn.Module):
-  """GroupNorm-SiLU-conv twice, with an optional timestep embedding (added, or scale-shift as ADM)."""
+  """GroupNorm-SiLU-conv twice, with an optional timestep embedding (added, or scale-shift as ADM).
+
+  The sum with the shortcut is divided by `output_scale_factor` (diffusers' mid_block_scale_factor).
+  """
   out_channels: int
   dropout: float = 0.0
   use_scale_shift_norm: bool = False
   groups: int = 32
   eps: float = 1e-5
   dtype: Dtype = jnp.float32
+  output_scale_factor: float = 1.0
 
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
@@ -89,7 +93,7 @@ class ResnetBlock(nn.Module):
     h = conv(self.out_channels, name="conv2", dtype=self.dtype)(h)
     if x.shape[-1] != self.out_channels:
       x = conv(self.out_channels, kernel=1, padding=0, name="conv_shortcut", dtype=self.dtype)(x)
-    return x + h
+    return (x + h) / self.output_scale_factor
 
 
 class Downsample(nn.Module):
@@ -135,19 +139,26 @@ class MultiHeadAttention(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-  """GroupNorm + self-attention over the H*W positions + residual (VAE mid block, UNets without context)."""
+  """GroupNorm + self-attention over the H*W positions + residual (VAE mid block, UNets without context).
+
+  `norm=False` drops the GroupNorm (diffusers' UNet2DModel mid block with scale-shift ResNets); the
+  sum with the residual is divided by `output_scale_factor` (its mid_block_scale_factor).
+  """
   num_heads: int
   head_dim: int
   groups: int = 32
   eps: float = 1e-5
   dtype: Dtype = jnp.float32
+  norm: bool = True
+  output_scale_factor: float = 1.0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
-    tokens = group_norm(self.groups, self.eps, name="group_norm", dtype=self.dtype)(x).reshape(b, h * w, c)
-    out = MultiHeadAttention(self.num_heads, self.head_dim, qkv_bias=True, dtype=self.dtype, name="attention")(tokens)
-    return x + out.reshape(b, h, w, c)
+    y = group_norm(self.groups, self.eps, name="group_norm", dtype=self.dtype)(x) if self.norm else x
+    out = MultiHeadAttention(self.num_heads, self.head_dim, qkv_bias=True, dtype=self.dtype, name="attention")(
+        y.reshape(b, h * w, c))
+    return (x + out.reshape(b, h, w, c)) / self.output_scale_factor
 
 
 class GEGLU(nn.Module):

@@ -84,7 +84,7 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
   """Trains (or resumes) stage 1 under workdir/autoencoder; returns its summary metrics."""
   rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   model, tx, state, shardings = init_state(config, mesh, rng)
-  val = np.stack([example["image"] for example in data.make_dataset(config.data, "val")])
+  val = np.stack([example["image"] for example in data.make_dataset(config.data, "val").to_iter_dataset()])
   psnr = psnr_fn(model)
   stage = loop.Stage(
       name="autoencoder", loop_config=config.autoencoder.loop, workdir=workdir / "autoencoder",

@@ -9,11 +9,13 @@ network serves classifier-free guidance.
 import logging
 import pathlib
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from latent_diffusion import data
+from latent_diffusion.data import latent_shards
 from latent_diffusion.diffusion import NoiseSchedule, q_sample, training_target
 from latent_diffusion.models import AutoencoderKL, DiagonalGaussian, UNet
 from latent_diffusion.training import autoencoder, loop
@@ -82,7 +84,7 @@ def encode_split(config, ae: AutoencoderKL, ae_params, split: str, batch_size: i
   """
   encode = jax.jit(lambda p, x: ae.apply({"params": p}, x, method=AutoencoderKL.encode))
   columns: dict[str, list] = {}
-  for batch in data.make_dataset(config.data, split).batch(batch_size):
+  for batch in data.make_dataset(config.data, split).to_iter_dataset().batch(batch_size):
     n = len(batch["image"])
     images = np.pad(batch.pop("image"), [(0, batch_size - n)] + [(0, 0)] * 3)
     posterior = jax.device_get(encode(ae_params, images))
@@ -91,10 +93,23 @@ def encode_split(config, ae: AutoencoderKL, ae_params, split: str, batch_size: i
   return {name: np.concatenate(parts) for name, parts in columns.items()}
 
 
-def std_scale_factor(latents: dict[str, np.ndarray], rng: jax.Array, batch_size: int) -> float:
+def training_latents(config, workdir: pathlib.Path, mesh) -> grain.MapDataset:
+  """Examples {'latent_mean', 'latent_logvar' [h, w, c], 'label'?}: the shards of
+  latent_diffusion.encode under config.ldm.latents_path, or config.data encoded here in memory."""
+  fields = ("latent_mean", "latent_logvar") + (("label",) if config.ldm.model.num_classes is not None else ())
+  if config.ldm.latents_path:
+    return latent_shards.latent_dataset(config.ldm.latents_path).map(lambda ex: {k: ex[k] for k in fields})
+  ae, ae_params = autoencoder.load_params(config, workdir, mesh)
+  latents = encode_split(config, ae, ae_params, "train")
+  return data.from_arrays({k: latents[k] for k in fields})
+
+
+def std_scale_factor(latents: grain.MapDataset, rng: jax.Array, batch_size: int) -> float:
   """LDM's scale_by_std: 1 / std of posterior samples of the first training batch."""
-  first = DiagonalGaussian(mean=latents["latent_mean"][:batch_size], logvar=latents["latent_logvar"][:batch_size])
-  return float(1.0 / jnp.std(first.sample(rng)))
+  first = [latents[i] for i in range(min(batch_size, len(latents)))]
+  posterior = DiagonalGaussian(mean=np.stack([ex["latent_mean"] for ex in first]),
+                               logvar=np.stack([ex["latent_logvar"] for ex in first]))
+  return float(1.0 / jnp.std(posterior.sample(rng)))
 
 
 def init_state(config, mesh, rng):
@@ -115,8 +130,7 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
     raise ValueError(f"config.ldm.model.num_classes={config.ldm.model.num_classes} must be "
                      f"config.data.num_classes + 1 = {config.data.num_classes + 1} (one null label for CFG).")
   rng = jax.random.fold_in(jax.random.key(config.seed), 2)
-  ae, ae_params = autoencoder.load_params(config, workdir, mesh)
-  latents = encode_split(config, ae, ae_params, "train")
+  latents = training_latents(config, workdir, mesh)
   resumed = loop.latest_meta(workdir / "ldm")
   if resumed is not None:
     scale_factor = resumed["scale_factor"]  # keep the constant the run started with
@@ -129,7 +143,7 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
   stage = loop.Stage(
       name="ldm", loop_config=config.ldm.loop, workdir=workdir / "ldm", state=state, state_shardings=shardings,
       step_fn=make_train_step(config, model, build_schedule(config), tx, scale_factor),
-      dataset=data.from_arrays(latents), batch_size=config.data.batch_size, rng=jax.random.fold_in(rng, 3),
+      dataset=latents, batch_size=config.data.batch_size, rng=jax.random.fold_in(rng, 3),
       seed=config.seed + 1, meta={"scale_factor": scale_factor, "config": config.to_json_best_effort()},
       mesh=mesh, mesh_config=config.mesh)
   state, meta, history = loop.train_stage(stage)

@@ -51,8 +51,9 @@ def batch_iterator(dataset: grain.MapDataset, global_batch_size: int, seed: int)
   if global_batch_size % count:
     raise ValueError(f"Batch size {global_batch_size} does not split over {count} processes.")
   local = dataset[index::count].shuffle(seed=seed).repeat()
-  local = local.batch(global_batch_size // count, drop_remainder=True)
-  return iter(local.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
+  # Batch after to_iter_dataset: filtered datasets (skipped images) cannot batch as a MapDataset.
+  local = local.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+  return iter(local.batch(global_batch_size // count, drop_remainder=True))
 
 
 def compile_step(step_fn: StepFn, rng: jax.Array, state_shardings, mesh, mesh_config):

@@ -1,4 +1,5 @@
-"""Timestep spacings, DDIM / DDPM samplers and classifier-free guidance.
+"""Timestep spacings, samplers on closed-form problems, and classifier-free guidance (diffusers parity:
+test_sampler_parity.py).
 
 The sampler tests compare against (a) float64 numpy transcriptions of one or two update steps and
 (b) a Gaussian toy problem whose optimal predictor is known in closed form: for data
@@ -16,6 +17,7 @@ import pytest
 
 from latent_diffusion.diffusion import SAMPLERS, NoiseSchedule, ddim_sample, ddpm_sample, guided, sampling_timesteps
 from latent_diffusion.diffusion.schedule import PREDICTION_TYPES
+from latent_diffusion.diffusion.timesteps import dpm_solver_timesteps, previous_timesteps
 
 MU = np.array([1.0, -0.5, 0.0, 2.0], np.float32)
 S = np.array([0.5, 1.0, 0.2, 1.5], np.float32)
@@ -74,6 +76,29 @@ def test_bad_timestep_requests_raise():
     sampling_timesteps(10, 10, "leading", steps_offset=1)   # would visit t = 10
 
 
+@pytest.mark.parametrize("spacing, num_steps, offset, expected", [
+    ("linspace", 4, 0, [999, 749, 500, 250]),               # linspace(0, 999, 5) without the 0
+    ("leading", 4, 1, [801, 601, 401, 201]),                 # stride 1000 // 5, without the 0 (+ offset)
+    ("trailing", 4, 1, [999, 749, 499, 249]),                # the usual 'trailing'
+])
+def test_dpm_solver_timesteps_match_hand_computed_diffusers_values(spacing, num_steps, offset, expected):
+  np.testing.assert_array_equal(dpm_solver_timesteps(1000, num_steps, spacing, offset), expected)
+
+
+def test_previous_timestep_rules():
+  timesteps = sampling_timesteps(1000, 7, "trailing")          # [999, 856, 713, 570, 428, 285, 142]
+  np.testing.assert_array_equal(previous_timesteps(timesteps, 1000, "next"), [856, 713, 570, 428, 285, 142, -1])
+  # DDIM / PNDM: t - 1000 // 7, landing between visited timesteps and on t = 0 (not past it) at the end.
+  np.testing.assert_array_equal(previous_timesteps(timesteps, 1000, "stride"), [857, 714, 571, 428, 286, 143, 0])
+  with pytest.raises(ValueError, match="'skip'"):
+    previous_timesteps(timesteps, 1000, "skip")
+
+
+def test_trailing_counts_where_diffusers_formula_overshoots_raise():
+  with pytest.raises(ValueError, match="gives 62 timesteps for num_steps=61"):
+    sampling_timesteps(1000, 61, "trailing")
+
+
 # ---------------------------------------------------------------- single updates vs numpy
 
 def linear_eps_model(x_t, t, cond):
@@ -129,7 +154,7 @@ def test_one_ddim_step_at_t0_without_alpha_one_returns_x_T(schedule):
   np.testing.assert_allclose(out, x_T, atol=1e-5)
 
 
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])        # PNDM / DPM-Solver have no clip_sample in diffusers
 def test_clip_x0_bounds_the_final_prediction(sampler, schedule):
   huge_x0 = lambda x_t, t, cond: jnp.full_like(x_t, -50.0)
   out = SAMPLERS[sampler](huge_x0, schedule, jnp.zeros((2, 3)), jax.random.key(0), num_steps=10,

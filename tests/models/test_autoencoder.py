@@ -1,4 +1,4 @@
-"""AutoencoderKL: every downsampling factor, the diagonal Gaussian posterior, logical names."""
+"""AutoencoderKL and VQModel: every downsampling factor, posterior, quantizer loss and gradients, logical names."""
 
 import flax.linen as nn
 import jax
@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from latent_diffusion.models import AutoencoderKL, DiagonalGaussian
+from latent_diffusion.models.autoencoder import VectorQuantizer, VQModel
 
 
 def tiny(ch_mult, **kwargs):
-  return AutoencoderKL(in_channels=3, ch=8, ch_mult=ch_mult, num_res_blocks=1, z_channels=4, embed_dim=3,
-                       groups=4, **kwargs)
+  return AutoencoderKL(**{**dict(in_channels=3, ch=8, ch_mult=ch_mult, num_res_blocks=1, z_channels=4, embed_dim=3,
+                                 groups=4), **kwargs})
 
 
 @pytest.mark.parametrize("f", [1, 2, 4, 8, 16, 32])
@@ -82,3 +83,59 @@ def test_diagonal_gaussian_kl_and_sampling():
   np.testing.assert_array_equal(wide.mode(), wide.mean)
   clipped = DiagonalGaussian.from_moments(jnp.zeros((1, 1, 1, 2)), jnp.array([-100.0, 100.0]).reshape(1, 1, 1, 2))
   np.testing.assert_array_equal(clipped.logvar.ravel(), [-30.0, 20.0])
+
+
+def test_kl_options_out_channels_and_no_quant_convs():
+  model = tiny((1, 2), in_channels=1, out_channels=2, embed_dim=4, use_quant_conv=False, use_post_quant_conv=False,
+               mid_attention=False)
+  variables = jax.eval_shape(model.init, {"params": jax.random.key(0), "sample": jax.random.key(1)},
+                             jnp.zeros((1, 8, 8, 1)))
+  params = nn.unbox(variables)["params"]
+  assert "quant_conv" not in params and "post_quant_conv" not in params and "mid_attn" not in params["encoder"]
+  recon, posterior = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, 8, 8, 1)), sample_posterior=False),
+                                    variables)
+  assert recon.shape == (1, 8, 8, 2) and posterior.mean.shape == (1, 4, 4, 4)
+  with pytest.raises(ValueError, match="embed_dim=3 != z_channels=4 needs both quant convs"):
+    jax.eval_shape(tiny((1, 2), use_quant_conv=False).init, {"params": jax.random.key(0)}, jnp.zeros((1, 8, 8, 3)))
+
+
+def test_vq_model_round_trip_and_annotations(assert_fully_annotated, random_params):
+  model = VQModel(in_channels=3, ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, embed_dim=3, groups=4,
+                  num_embeddings=16)
+  x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3), minval=-1, maxval=1)
+  assert_fully_annotated(jax.eval_shape(model.init, {"params": jax.random.key(1)}, x))
+  assert nn.get_partition_spec(jax.eval_shape(model.init, {"params": jax.random.key(1)}, x))["params"]["quantize"][
+      "embedding"] == jax.sharding.PartitionSpec("vocab", "embed")
+  variables = random_params(model, x)
+  recon, quantized = jax.jit(model.apply)(variables, x)
+  assert recon.shape == x.shape and quantized.latents.shape == (2, 4, 4, 3) and quantized.indices.shape == (2, 4, 4)
+  assert quantized.indices.dtype == jnp.int32 and quantized.loss.shape == ()
+  from_indices = model.apply(variables, quantized.indices, method=VQModel.decode_indices)
+  np.testing.assert_allclose(from_indices, recon, rtol=1e-5, atol=1e-5)
+  h = model.apply(variables, x, method=VQModel.encode)
+  np.testing.assert_allclose(model.apply(variables, h, method=VQModel.decode), recon, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_vector_quantizer_codes_loss_and_gradients(legacy):
+  rng = np.random.default_rng(0)
+  codebook = rng.normal(size=(5, 3)).astype(np.float32)
+  h = rng.normal(size=(2, 2, 3, 3)).astype(np.float32)
+  quantizer = VectorQuantizer(5, 3, beta=0.25, legacy=legacy)
+  params = {"params": {"embedding": jnp.asarray(codebook)}}
+  out = quantizer.apply(params, jnp.asarray(h))
+  indices = np.argmin(((h[..., None, :] - codebook) ** 2).sum(-1), axis=-1)
+  np.testing.assert_array_equal(out.indices, indices)
+  codes = codebook[indices]
+  np.testing.assert_allclose(out.latents, codes, rtol=1e-6, atol=1e-6)
+  mse = np.mean((codes - h) ** 2)
+  np.testing.assert_allclose(out.loss, 1.25 * mse, rtol=1e-5)  # both terms have the value mse
+  grad_h, grad_codebook = jax.grad(lambda p, h: quantizer.apply(p, h).loss, argnums=(1, 0))(params, jnp.asarray(h))
+  encoder_weight, codebook_weight = (1.0, 0.25) if legacy else (0.25, 1.0)
+  np.testing.assert_allclose(grad_h, encoder_weight * 2 * (h - codes) / h.size, rtol=1e-5, atol=1e-7)
+  expected = np.zeros_like(codebook)
+  np.add.at(expected, indices.ravel(), (codes - h).reshape(-1, 3))
+  np.testing.assert_allclose(grad_codebook["params"]["embedding"], codebook_weight * 2 * expected / h.size, rtol=1e-5,
+                             atol=1e-7)
+  straight_through = jax.grad(lambda h: quantizer.apply(params, h).latents.sum())(jnp.asarray(h))
+  np.testing.assert_array_equal(straight_through, np.ones_like(h))

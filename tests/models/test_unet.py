@@ -123,6 +123,10 @@ def test_bfloat16_compute_keeps_float32_params():
     (dict(num_classes=3), {}, "Class labels y must be given"),
     ({}, dict(y=jnp.array([0, 1])), "Class labels y must be given"),
     (dict(channel_mult=(1, 2, 2, 2)), {}, "not divisible by 2\\*\\*\\(len\\(channel_mult\\)-1\\) = 8"),
+    (dict(num_head_channels=-1, num_heads=(2, 2, 2)), {}, "num_heads=\\(2, 2, 2\\) needs one entry per level"),
+    (dict(in_channels=6), {}, "Input has 4 channels \\(x plus concat\\), the UNet was built for in_channels=6"),
+    (dict(context_dim=4, mid_attention_norm=False), {}, "mid_attention_norm=False applies to self-attention only"),
+    (dict(downsample_padding=2), {}, "downsample_padding=2; expected 1"),
 ])
 def test_bad_configurations_fail_clearly(kwargs, call, message):
   x, t = inputs()

@@ -1,0 +1,93 @@
+"""Pre-encoding job throughput vs the bare jitted encoder on the same batches (pipeline overhead).
+
+  python benchmarks/encode_overhead.py [--images=256] [--size=64] [--batch=16] [--channels=32,64,64]
+
+Builds tar shards of JPEG crops of real photos (scikit-image / scikit-learn) and a random
+diffusers-layout KL autoencoder, then measures (a) the compiled encoder alone on one device-resident
+batch, repeated, and (b) the full job (decode, resize/crop, encode, write ArrayRecord shards) over
+the same number of images. Overhead = (b) / (a) - 1 in seconds per image. Writes
+benchmarks/results/encode_overhead.json.
+"""
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from latent_diffusion import configuration, encoding, parallel  # noqa: E402
+from latent_diffusion.data import tar_shards  # noqa: E402
+from latent_diffusion.models import AutoencoderKL  # noqa: E402
+from tests.data import photo_fixtures  # noqa: E402
+
+
+def write_jpeg_shards(directory: pathlib.Path, images: int, per_shard: int = 64) -> str:
+  rng = np.random.default_rng(0)
+  photos = [photo_fixtures._rgb(p) for p in photo_fixtures.photos().values()]  # pylint: disable=protected-access
+  for shard in range(-(-images // per_shard)):
+    members = []
+    for i in range(min(per_shard, images - shard * per_shard)):
+      crop = photo_fixtures.random_crop(photos[int(rng.integers(len(photos)))], rng, 160, 320)
+      data, _, _ = photo_fixtures._jpeg(crop)  # pylint: disable=protected-access
+      members += [(f"{shard:05d}{i:04d}.jpg", data), (f"{shard:05d}{i:04d}.txt", b"a photo")]
+    photo_fixtures.write_tar(directory / f"{shard:05d}.tar", members)
+  return str(directory / f"{{00000..{shard:05d}}}.tar")
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--images", type=int, default=256)
+  parser.add_argument("--size", type=int, default=64)
+  parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--channels", default="32,64,64")
+  args = parser.parse_args()
+  widths = [int(c) for c in args.channels.split(",")]
+  ae = AutoencoderKL(in_channels=3, ch=widths[0], ch_mult=tuple(w // widths[0] for w in widths), num_res_blocks=1,
+                     z_channels=4, embed_dim=4, groups=8)
+  x = np.zeros((args.batch, args.size, args.size, 3), np.float32)
+  params = jax.jit(lambda r: ae.init({"params": r, "sample": r}, x[:1])["params"])(jax.random.key(0))
+  config, _ = configuration.parse_config_args(["--config=configs/base.py"])
+  config.encode.batch_size, config.encode.records_per_shard = args.batch, 64
+  mesh = parallel.make_mesh(config.mesh)
+
+  encode = encoding.make_encode_fn(ae, "moments", "float32", 0, mesh, config.mesh)
+  images = jax.device_put(np.random.default_rng(0).uniform(-1, 1, x.shape).astype(np.float32))
+  records = jax.device_put(np.arange(args.batch))
+  jax.block_until_ready(encode(params, images, records))
+  times = []
+  for _ in range(max(3, args.images // args.batch)):
+    start = time.perf_counter()
+    jax.block_until_ready(encode(params, images, records))
+    times.append(time.perf_counter() - start)
+  bare = args.batch / statistics.median(times)
+
+  with tempfile.TemporaryDirectory() as tmp:
+    tmp = pathlib.Path(tmp)
+    (tmp / "shards").mkdir()
+    pattern = write_jpeg_shards(tmp / "shards", args.images)
+    source = tar_shards.TarShardSource(pattern)
+    start = time.perf_counter()
+    manifest = encoding.encode_to_shards(source, tmp / "out", ae, params, image_size=args.size,
+                                         encode_config=config.encode, mesh=mesh, mesh_config=config.mesh,
+                                         encoder_name="random")
+    wall = time.perf_counter() - start
+  job = manifest["last_run_throughput"]["images_per_second"]
+  result = {"images": args.images, "size": args.size, "batch": args.batch, "channels": widths,
+            "bare_encoder_images_per_s": round(bare, 1), "job_images_per_s": round(job, 1),
+            "job_wall_s_incl_compile": round(wall, 2), "overhead_pct": round(100 * (bare / job - 1), 1)}
+  print(json.dumps(result, indent=1))
+  out = REPO / "benchmarks" / "results"
+  out.mkdir(exist_ok=True)
+  (out / "encode_overhead.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,64 @@
+"""Pre-encodes an image collection into ArrayRecord latent shards with a trained autoencoder.
+
+  python -m latent_diffusion.encode --config=configs/quickstart.py --autoencoder=runs/quickstart \
+      --input='shards/{00000..00127}.tar' --output=latents/ --config.data.name=tar_shards \
+      --config.data.image_size=256 [--config.encode.output=sample --config.encode.dtype=bfloat16]
+
+Resumable and exactly once: rerun the same command after a crash. Multi-host: run it on every
+host with the flags of latent_diffusion.train (--coordinator_address ... or --auto_distributed).
+Stage 2 reads the output with --config.ldm.latents_path=latents/.
+"""
+
+import json
+import pathlib
+
+import jax
+from absl import app, flags, logging
+
+from latent_diffusion import cli_flags, configuration, data, encoding, parallel
+from latent_diffusion.training import autoencoder, loop
+from latent_diffusion.weights import pretrained
+
+_INPUT = flags.DEFINE_string("input", None, "Shard pattern (tar_shards) or class-folder root (image_folder).",
+                             required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Directory for the latent shards and manifest.json.", required=True)
+_AUTOENCODER = flags.DEFINE_string("autoencoder", None, "Workdir of a latent_diffusion.train run whose "
+                                   "autoencoder (EMA weights of the latest checkpoint) encodes.")
+_VAE = flags.DEFINE_string("vae", None, "Or: a local diffusers AutoencoderKL folder (config.json + safetensors), "
+                           "e.g. the vae/ of a Stable Diffusion pipeline.")
+
+
+def load_encoder(mesh):
+  """(module, params, description) of the autoencoder named by --autoencoder or --vae."""
+  if (_AUTOENCODER.value is None) == (_VAE.value is None):
+    raise app.UsageError("Give exactly one of --autoencoder (a training workdir) and --vae (a diffusers folder).")
+  if _VAE.value:
+    vae, params, _ = pretrained.load_diffusers_vae(_VAE.value)
+    return vae, jax.device_put(params, parallel.replicated(mesh)), f"diffusers {_VAE.value}"
+  workdir = pathlib.Path(_AUTOENCODER.value)
+  meta = loop.latest_meta(workdir / "autoencoder")
+  if meta is None:
+    raise app.UsageError(f"No autoencoder checkpoint under {workdir / 'autoencoder'}; train one first.")
+  ae, params = autoencoder.load_params(configuration.config_from_json(meta["config"]), workdir, mesh)
+  return ae, params, f"{workdir / 'autoencoder'} (latest checkpoint)"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  cli_flags.initialize_distributed()
+  config = configuration.parsed_config()
+  mesh = parallel.make_mesh(config.mesh)
+  ae, ae_params, encoder_name = load_encoder(mesh)
+  source = data.IMAGE_SOURCES[config.data.name](_INPUT.value, config.data)
+  manifest = encoding.encode_to_shards(
+      source, pathlib.Path(_OUTPUT.value), ae, ae_params, image_size=config.data.image_size,
+      encode_config=config.encode, mesh=mesh, mesh_config=config.mesh,
+      encoder_name=encoder_name, skipped_at_index=source.skipped)
+  summary = {k: manifest[k] for k in ("records", "source_records", "skipped_counts", "last_run_throughput")}
+  print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=configuration.flags_parser)

@@ -1,0 +1,233 @@
+"""The latent pre-encoding job: images -> frozen encoder on the mesh -> ArrayRecord latent shards.
+
+Exactly once by construction: record i of the source's global order belongs to output shard
+i // records_per_shard. A shard is written by one process (shard s by process s % P) to
+'<shard>.partial', then renamed, then described by a JSON sidecar (records, skipped keys by
+reason); a rerun redoes only the shards without a sidecar. So a job killed at any point and run
+again ends with the output of an uninterrupted run. All processes make the same number of encoder
+calls on one global batch sharded over (data, fsdp); slots after a process's last record are
+padding. Host work (decoding, writing) overlaps the device: step k+1 is dispatched before the
+results of step k are written.
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import pathlib
+import time
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from latent_diffusion import parallel
+from latent_diffusion.data import images as image_transforms
+from latent_diffusion.data import latent_shards
+from latent_diffusion.models import AutoencoderKL
+
+OUTPUTS = ("moments", "sample")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """Output shard `index` of `count`: source records [start, stop)."""
+  index: int
+  count: int
+  start: int
+  stop: int
+
+  @property
+  def name(self) -> str:
+    return f"latents-{self.index:05d}-of-{self.count:05d}"
+
+  def path(self, output: pathlib.Path) -> pathlib.Path:
+    return output / f"{self.name}{latent_shards.SUFFIX}"
+
+  def sidecar(self, output: pathlib.Path) -> pathlib.Path:
+    return output / f"{self.name}.json"
+
+
+def plan_shards(num_records: int, records_per_shard: int) -> list[Shard]:
+  count = max(1, math.ceil(num_records / records_per_shard))
+  return [Shard(i, count, i * records_per_shard, min((i + 1) * records_per_shard, num_records)) for i in range(count)]
+
+
+def owned_slots(shards: list[Shard], output: pathlib.Path, process: int, num_processes: int) -> np.ndarray:
+  """Source record indices this process still has to encode, in order (its unfinished shards)."""
+  mine = [s for s in shards if s.index % num_processes == process and not s.sidecar(output).is_file()]
+  return np.concatenate([np.arange(s.start, s.stop) for s in mine] + [np.zeros(0, np.int64)]).astype(np.int64)
+
+
+class _Slot(grain.transforms.Map):
+  """Record index (-1 = padding) -> {'image' [S, S, 3], 'record', 'valid'}; bad images stay as invalid slots."""
+
+  def __init__(self, source, image_size: int, skips: image_transforms.SkipCounter, min_size: int):
+    self.source, self.image_size = source, image_size
+    self.decode = image_transforms.DecodeImage(skips, min_size=min_size, draft_size=image_size)
+    self.crop = image_transforms.ResizeCrop(image_size, "center", flip=False)
+
+  def map(self, index: int) -> dict:
+    blank = {"image": np.zeros((self.image_size, self.image_size, 3), np.float32), "record": np.int64(index),
+             "valid": False, "key": "", "caption": "", "label": np.int64(-1)}
+    if index < 0:
+      return blank
+    record = self.source[int(index)]
+    meta = {"key": record["key"], "caption": record.get("caption", ""), "label": np.int64(record.get("label", -1))}
+    decoded = self.decode.map(record)
+    if decoded is None:
+      return {**blank, **meta}
+    # ResizeCrop draws no random numbers with a center crop and no flip.
+    image = self.crop.random_map(decoded, np.random.default_rng(0))["image"]
+    return {**blank, **meta, "image": image, "valid": True}
+
+
+def make_encode_fn(ae: AutoencoderKL, output: str, dtype: str, seed: int, mesh, mesh_config):
+  """jit(params, images [B, S, S, 3], records [B]) -> dict of latents [B, h, w, c] in `dtype`.
+
+  'sample' draws z ~ q(z|x) with the key fold_in(seed, record): the same record always gets the
+  same sample, whichever process, batch or rerun encodes it.
+  """
+  root = jax.random.key(seed)
+
+  def encode(params, images, records):
+    posterior = ae.apply({"params": params}, images, method=AutoencoderKL.encode)
+    if output == "sample":
+      keys = jax.vmap(lambda r: jax.random.fold_in(root, r))(records)
+      noise = jax.vmap(lambda k: jax.random.normal(k, posterior.mean.shape[1:], posterior.mean.dtype))(keys)
+      return {"latent": (posterior.mean + posterior.std * noise).astype(dtype)}
+    return {"latent_mean": posterior.mean.astype(dtype), "latent_logvar": posterior.logvar.astype(dtype)}
+
+  batch = parallel.batch_sharding(mesh, mesh_config)
+  return jax.jit(encode, in_shardings=(None, batch, batch), out_shardings=batch)
+
+
+def params_digest(params) -> str:
+  """sha256 over the encoder's parameter bytes (names and float32 values), identical on every process."""
+  gathered = multihost_utils.process_allgather(params, tiled=True)
+  digest = hashlib.sha256()
+  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(gathered)[0], key=lambda x: jax.tree_util.keystr(x[0])):
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(np.asarray(leaf, np.float32).tobytes())
+  return digest.hexdigest()
+
+
+class _ShardWriters:
+  """Open writers of this process's shards; a shard is committed once its last slot is seen."""
+
+  def __init__(self, shards: list[Shard], records_per_shard: int, output: pathlib.Path,
+               skips: image_transforms.SkipCounter):
+    self.shards, self.records_per_shard = shards, records_per_shard
+    self.output, self.skips = output, skips
+    self.open: dict[int, tuple[latent_shards.ShardWriter, list]] = {}
+
+  def add(self, record: int, example: dict | None, key: str) -> None:
+    shard = self.shards[record // self.records_per_shard]
+    if shard.index not in self.open:
+      self.open[shard.index] = (latent_shards.ShardWriter(shard.path(self.output)), [])
+    writer, skipped = self.open[shard.index]
+    if example is None:
+      skipped.append(key)
+    else:
+      writer.write(example)
+    if record == shard.stop - 1:
+      self._commit(shard)
+
+  def _commit(self, shard: Shard) -> None:
+    writer, skipped = self.open.pop(shard.index)
+    writer.commit()
+    reasons = {}
+    for key in skipped:
+      reason = next((r for r in self.skips.counts() if key in self.skips.keys(r)), "unknown")
+      reasons.setdefault(reason, []).append(key)
+    sidecar = {"shard": shard.path(self.output).name, "source_records": [shard.start, shard.stop],
+               "records": writer.count, "skipped": reasons}
+    partial = shard.sidecar(self.output).with_suffix(".json.partial")
+    partial.write_text(json.dumps(sidecar, indent=1))
+    partial.replace(shard.sidecar(self.output))
+
+
+def _slot_iterator(source, slots: np.ndarray, local_batch: int, steps: int, image_size: int, min_size: int,
+                   skips, num_threads: int):
+  padded = np.full(steps * local_batch, -1, np.int64)
+  padded[:len(slots)] = slots
+  dataset = grain.MapDataset.source(padded).map(_Slot(source, image_size, skips, min_size)).batch(local_batch)
+  return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)))
+
+
+def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params, *, image_size: int,
+                     encode_config, mesh, mesh_config, encoder_name: str, skipped_at_index: dict | None = None) -> dict:
+  """Runs (or resumes) the job over `source` (len + getitem records); returns the manifest."""
+  if encode_config.output not in OUTPUTS or encode_config.dtype not in DTYPES:
+    raise ValueError(f"config.encode.output={encode_config.output!r} / dtype={encode_config.dtype!r}; "
+                     f"expected one of {OUTPUTS} / {DTYPES}.")
+  output.mkdir(parents=True, exist_ok=True)
+  process, num_processes = jax.process_index(), jax.process_count()
+  shards = plan_shards(len(source), encode_config.records_per_shard)
+  global_batch = encode_config.batch_size
+  if global_batch % num_processes:
+    raise ValueError(f"config.encode.batch_size={global_batch} is not divisible by {num_processes} processes.")
+  local_batch = global_batch // num_processes
+  # Every process must see the same set of finished shards before deciding its step count.
+  multihost_utils.sync_global_devices("encode: listed finished shards")
+  all_slots = [owned_slots(shards, output, p, num_processes) for p in range(num_processes)]
+  steps = max(math.ceil(len(s) / local_batch) for s in all_slots)
+  skips = image_transforms.SkipCounter("encode")
+  batches = _slot_iterator(source, all_slots[process], local_batch, steps, image_size,
+                           encode_config.get("min_size", 0), skips, encode_config.get("num_threads", 4))
+  encode = make_encode_fn(ae, encode_config.output, encode_config.dtype, encode_config.seed, mesh, mesh_config)
+  sharding = parallel.batch_sharding(mesh, mesh_config)
+  writers = _ShardWriters(shards, encode_config.records_per_shard, output, skips)
+  logging.info("encode: %d records in %d shards; this run: %d steps of %d images (%d remaining here).",
+               len(source), len(shards), steps, global_batch, len(all_slots[process]))
+
+  def write(local: dict, latents: dict) -> None:
+    latents = {k: np.asarray(v) for k, v in multihost_utils.global_array_to_host_local_array(
+        latents, mesh, sharding.spec).items()}
+    for i, record in enumerate(local["record"]):
+      if record < 0:
+        continue
+      example = None
+      if local["valid"][i]:
+        example = {"key": str(local["key"][i]), "caption": str(local["caption"][i]), "label": int(local["label"][i]),
+                   **{name: value[i] for name, value in latents.items()}}
+      writers.add(int(record), example, str(local["key"][i]))
+
+  start, pending, done = time.perf_counter(), None, 0
+  for step in range(steps):
+    local = next(batches)
+    arrays = parallel.global_batch({"image": local["image"], "record": local["record"]}, sharding)
+    latents = encode(ae_params, arrays["image"], arrays["record"])
+    if pending is not None:
+      write(*pending)
+    pending, done = (local, latents), done + global_batch
+    if (step + 1) % encode_config.get("log_every_steps", 20) == 0 or step + 1 == steps:
+      rate = done / (time.perf_counter() - start)
+      logging.info("encode: step %d/%d, %.1f images/s, ETA %.0f s", step + 1, steps, rate, (steps - step - 1) *
+                   global_batch / rate)
+  if pending is not None:
+    write(*pending)
+  seconds = time.perf_counter() - start
+  multihost_utils.sync_global_devices("encode: all shards written")
+  manifest = _manifest(shards, output, encode_config, encoder_name, params_digest(ae_params),
+                       skipped_at_index or {}, {"seconds": seconds, "slots": steps * global_batch,
+                                                "images_per_second": steps * global_batch / max(seconds, 1e-9)})
+  if process == 0:
+    (output / "manifest.json").write_text(json.dumps(manifest, indent=1))
+  return manifest
+
+
+def _manifest(shards, output, encode_config, encoder_name, digest, skipped_at_index, throughput) -> dict:
+  sidecars = [json.loads(s.sidecar(output).read_text()) for s in shards]
+  skipped: dict[str, list] = {reason: sorted(keys) for reason, keys in skipped_at_index.items()}
+  for sidecar in sidecars:
+    for reason, keys in sidecar["skipped"].items():
+      skipped.setdefault(reason, []).extend(keys)
+  return {"records": sum(s["records"] for s in sidecars), "source_records": shards[-1].stop,
+          "skipped_counts": {r: len(k) for r, k in sorted(skipped.items())}, "skipped": skipped,
+          "shards": [s["shard"] for s in sidecars], "encoder": encoder_name, "encoder_sha256": digest,
+          "config": json.loads(encode_config.to_json_best_effort()), "last_run_throughput": throughput}

@@ -1,0 +1,1 @@
+"""Converters between the ecosystem's checkpoints (diffusers, transformers, CompVis) and our params."""

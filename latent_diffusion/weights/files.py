@@ -1,0 +1,126 @@
+"""Reading and writing checkpoint files from local paths only (never a network).
+
+safetensors is parsed here (8-byte little-endian header length, JSON header, raw bytes) so that a
+truncated or corrupt file is reported with the tensor it breaks on, and bfloat16 / float16 files
+load through ml_dtypes. PyTorch pickles (.ckpt/.bin/.pt) need torch and load with weights_only.
+"""
+
+import json
+import pathlib
+import struct
+
+import ml_dtypes
+import numpy as np
+
+from latent_diffusion.weights.mapping import WeightImportError
+
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+
+
+def require_file(path: str | pathlib.Path, what: str) -> pathlib.Path:
+  """`path` as a Path if it is a file, else FileNotFoundError saying what was looked for."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    listing = sorted(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else "the folder does not exist"
+    raise FileNotFoundError(f"{what} not found: {path} (folder holds: {listing}). Weights load from local paths only; "
+                            f"nothing is downloaded.")
+  return path
+
+
+def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+  """name -> array of a .safetensors file (memory-mapped, read-only)."""
+  path = require_file(path, "safetensors file")
+  size = path.stat().st_size
+  bad = lambda why: WeightImportError(f"{path} is not a valid safetensors file ({why}); it may be truncated or "
+                                      f"corrupt: re-copy or re-export it.")
+  if size < 8:
+    raise bad(f"{size} bytes, shorter than the 8-byte header length")
+  with open(path, "rb") as f:
+    (header_len,) = struct.unpack("<Q", f.read(8))
+    if 8 + header_len > size:
+      raise bad(f"header of {header_len} bytes runs past the end of the {size}-byte file")
+    try:
+      header = json.loads(f.read(header_len))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise bad(f"header is not JSON: {e}") from None
+  header.pop("__metadata__", None)
+  data = np.memmap(path, np.uint8, mode="r") if size > 8 + header_len else np.zeros(0, np.uint8)
+  tensors = {}
+  for name, info in header.items():
+    if info.get("dtype") not in _DTYPES:
+      raise bad(f"tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
+    start, end = (8 + header_len + offset for offset in info["data_offsets"])
+    if end > size:
+      raise bad(f"tensor {name!r} needs bytes {start}..{end} but the file has {size}")
+    dtype = np.dtype(_DTYPES[info["dtype"]])
+    count = int(np.prod(info["shape"], dtype=np.int64))
+    if (end - start) != count * dtype.itemsize:
+      raise bad(f"tensor {name!r} of shape {info['shape']} {info['dtype']} spans {end - start} bytes")
+    tensors[name] = data[start:end].view(dtype).reshape(info["shape"])
+  return tensors
+
+
+def write_safetensors(tensors: dict[str, np.ndarray], path: str | pathlib.Path,
+                      metadata: dict[str, str] | None = None) -> None:
+  """Writes name -> array as .safetensors (keys sorted, 8-byte aligned header), atomically."""
+  path = pathlib.Path(path)
+  header, offset, arrays = {}, 0, []
+  for name in sorted(tensors):
+    array = np.ascontiguousarray(tensors[name])
+    if array.dtype not in _CODES:
+      raise ValueError(f"Cannot write tensor {name!r} of dtype {array.dtype} to safetensors.")
+    header[name] = {"dtype": _CODES[array.dtype], "shape": list(array.shape),
+                    "data_offsets": [offset, offset + array.nbytes]}
+    offset += array.nbytes
+    arrays.append(array)
+  if metadata:
+    header["__metadata__"] = metadata
+  encoded = json.dumps(header, separators=(",", ":")).encode()
+  encoded += b" " * (-len(encoded) % 8)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  partial = path.with_name(path.name + ".partial")
+  with open(partial, "wb") as f:
+    f.write(struct.pack("<Q", len(encoded)) + encoded)
+    for array in arrays:
+      f.write(array.tobytes())
+  partial.replace(path)
+
+
+def read_pickle_checkpoint(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+  """name -> float array of a PyTorch checkpoint; unwraps Lightning's {'state_dict': ...}."""
+  path = require_file(path, "PyTorch checkpoint")
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise WeightImportError(f"{path} is a PyTorch pickle; reading it needs torch (pip install torch), or convert "
+                            f"it to .safetensors first.") from None
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # torch raises many types for a damaged zip/pickle
+    raise WeightImportError(f"{path} could not be read as a PyTorch checkpoint ({type(e).__name__}: {e}); it may be "
+                            f"truncated or corrupt.") from None
+  state = state.get("state_dict", state)
+  return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()
+          if isinstance(v, torch.Tensor)}
+
+
+def read_checkpoint(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+  """Tensors of a .safetensors file or a PyTorch pickle (.ckpt/.bin/.pt/.pth), by suffix."""
+  path = pathlib.Path(path)
+  if path.suffix == ".safetensors":
+    return read_safetensors(path)
+  if path.suffix in PICKLE_SUFFIXES:
+    return read_pickle_checkpoint(path)
+  raise WeightImportError(f"{path}: unknown checkpoint suffix {path.suffix!r}; expected .safetensors or one of "
+                          f"{PICKLE_SUFFIXES}.")
+
+
+def read_json(path: str | pathlib.Path, what: str) -> dict:
+  path = require_file(path, what)
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise WeightImportError(f"{path} ({what}) is not valid JSON: {e}.") from None

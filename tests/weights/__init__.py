@@ -1,0 +1,1 @@
+"""Parity and import/export tests for the weight converters (torch references)."""
