@@ -23,6 +23,9 @@ def optimizer(lr: float, warmup_steps: int) -> ml_collections.ConfigDict:
       weight_decay=0.0,
       # Clip gradients to this global L2 norm (0 disables).
       grad_clip=1.0,
+      # Split each batch into this many microbatches and average their gradients (gradient
+      # accumulation inside the one jitted step: same update, 1/microbatches activation memory).
+      microbatches=1,
   ))
 
 
@@ -86,6 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
           # GroupNorm groups.
           groups=32,
           dropout=0.0,
+          # Compute dtype: float32 | bfloat16 (TPU/GPU); parameters stay float32.
+          dtype="float32",
       ),
       loss=dict(
           # Pixel reconstruction loss by name (latent_diffusion.training.autoencoder.RECONSTRUCTION_LOSSES).
@@ -116,6 +121,10 @@ def get_config() -> ml_collections.ConfigDict:
           use_scale_shift_norm=True,
           dropout=0.0,
           groups=32,
+          # Compute dtype: float32 | bfloat16 (TPU/GPU); parameters and optimizer state stay float32.
+          dtype="float32",
+          # Rematerialise each ResNet / attention block in the backward pass: none | dots | full.
+          remat_policy="none",
       ),
       diffusion=dict(
           # Beta schedule by name: linear | scaled_linear | cosine.

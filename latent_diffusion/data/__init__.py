@@ -11,6 +11,7 @@ from latent_diffusion.data import images
 from latent_diffusion.data.digits import load_digits_split, make_digits_dataset
 from latent_diffusion.data.image_folder import ImageFolderSource
 from latent_diffusion.data.tar_shards import TarShardSource
+from latent_diffusion.data.tfds_source import TfdsSource
 
 
 def from_arrays(arrays: dict[str, np.ndarray]) -> grain.MapDataset:
@@ -26,21 +27,25 @@ def from_arrays(arrays: dict[str, np.ndarray]) -> grain.MapDataset:
 IMAGE_SOURCES = {
     "tar_shards": lambda path, cfg: TarShardSource(path, cache_dir=cfg.get("index_cache_dir")),
     "image_folder": lambda path, cfg: ImageFolderSource(path),
+    # path: the TFDS split spec (e.g. 'validation[:1000]') of the prepared data set cfg.tfds_name.
+    "tfds": lambda path, cfg: TfdsSource(cfg.get("tfds_name"), path, data_dir=cfg.get("tfds_data_dir")),
 }
 
 
 def make_image_dataset(data_config, split: str) -> grain.MapDataset:
   """Photos from `data_config.{split}_path`: a shard pattern ('tar_shards', e.g.
-  'laion/{00000..00127}.tar') or a class-folder root ('image_folder').
+  'laion/{00000..00127}.tar'), a class-folder root ('image_folder') or a TFDS split spec ('tfds',
+  e.g. 'validation[:1000]', with data_config.tfds_name and tfds_data_dir; ArrayRecord format).
 
-  Examples {'image': float32 [S, S, 3] in [-1, 1], 'label' (image_folder)}; optional config keys:
+  Examples {'image': float32 [S, S, 3] in [-1, 1], 'label' (image_folder, tfds)}; optional config keys:
   crop ('center' | 'random'), flip, min_size, max_aspect_ratio, seed, index_cache_dir. Undecodable
   or filtered records are dropped and counted (see latent_diffusion.data.images).
   """
   path = data_config.get(f"{split}_path")
   if not path:
     raise ValueError(f"config.data.{split}_path is not set: data set {data_config.name!r} reads split {split!r} "
-                     "from it (a shard pattern for 'tar_shards', a class-folder root for 'image_folder').")
+                     "from it (a shard pattern for 'tar_shards', a class-folder root for 'image_folder', a split "
+                     "spec for 'tfds').")
   source = IMAGE_SOURCES[data_config.name](path, data_config)
   return images.image_dataset(
       source, image_size=data_config.image_size, crop=data_config.get("crop", "center"),

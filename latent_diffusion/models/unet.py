@@ -15,6 +15,12 @@ from latent_diffusion.models.layers import (AttentionBlock, Downsample, Dtype, R
                                             Upsample, conv, dense, group_norm, timestep_embedding)
 
 
+# Rematerialisation by name (config.ldm.model.remat_policy): what each ResNet / attention block keeps
+# for the backward pass. 'full' recomputes everything (least memory), 'dots' keeps matmul/conv outputs.
+REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
 class UNet(nn.Module):
   out_channels: int = 4
   # Channels of x plus concat channels; None: taken from the inputs (else they are checked against it).
@@ -48,7 +54,17 @@ class UNet(nn.Module):
   dropout: float = 0.0
   groups: int = 32
   eps: float = 1e-5
+  # Compute dtype (e.g. bfloat16 on TPU/GPU); parameters stay float32.
   dtype: Dtype = jnp.float32
+  remat_policy: str = "none"
+
+  def _block(self, cls, static_argnums: tuple[int, ...] = ()):
+    """`cls`, or `cls` rematerialised by remat_policy (static_argnums count self as 0)."""
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"Unknown remat_policy {self.remat_policy!r}; known: {sorted(REMAT_POLICIES)}.")
+    if self.remat_policy == "none":
+      return cls
+    return nn.remat(cls, policy=REMAT_POLICIES[self.remat_policy], static_argnums=static_argnums)
 
   def _heads(self, channels: int, level: int = -1) -> tuple[int, int]:
     """(heads, head_dim) of attention over `channels` at resolution `level` (-1: the last, as the mid block)."""
@@ -71,10 +87,11 @@ class UNet(nn.Module):
   def _attention(self, h: jax.Array, context: jax.Array | None, level: int, name: str, **mid) -> jax.Array:
     heads, head_dim = self._heads(h.shape[-1], level)
     if self.context_dim is None:
-      return AttentionBlock(heads, head_dim, groups=self.groups, eps=self.eps, dtype=self.dtype, name=name, **mid)(h)
-    return SpatialTransformer(heads, head_dim, depth=self.transformer_depth,
-                              use_linear_projection=self.use_linear_projection,
-                              groups=self.groups, dtype=self.dtype, name=name)(h, context)
+      return self._block(AttentionBlock)(heads, head_dim, groups=self.groups, eps=self.eps, dtype=self.dtype,
+                                         name=name, **mid)(h)
+    return self._block(SpatialTransformer)(heads, head_dim, depth=self.transformer_depth,
+                                           use_linear_projection=self.use_linear_projection,
+                                           groups=self.groups, dtype=self.dtype, name=name)(h, context)
 
   def _check_inputs(self, x, context, y, concat):
     channels = x.shape[-1] + (0 if concat is None else concat.shape[-1])
@@ -110,8 +127,9 @@ class UNet(nn.Module):
     if concat is not None:
       x = jnp.concatenate([x, concat.astype(x.dtype)], axis=-1)
 
-    res = lambda ch, name, scale=1.0: ResnetBlock(ch, self.dropout, self.use_scale_shift_norm, self.groups,
-                                                  self.eps, self.dtype, scale, name=name)
+    resnet = self._block(ResnetBlock, static_argnums=(3,))   # (self, x, temb, deterministic)
+    res = lambda ch, name, scale=1.0: resnet(ch, self.dropout, self.use_scale_shift_norm, self.groups,
+                                             self.eps, self.dtype, scale, name=name)
     h = conv(mc, name="conv_in", dtype=self.dtype)(x)
     skips, rate = [h], 1
     for level, mult in enumerate(self.channel_mult):

@@ -16,7 +16,8 @@ import numpy as np
 from latent_diffusion import data, parallel
 from latent_diffusion.models import AutoencoderKL
 from latent_diffusion.training import loop
-from latent_diffusion.training.state import TrainState, apply_gradients, create_train_state, make_optimizer
+from latent_diffusion.training import state as state_lib
+from latent_diffusion.training.state import create_train_state, make_optimizer
 
 # name -> fn(x [B,H,W,C], recon [B,H,W,C]) -> per-image loss [B], summed over pixels and channels.
 RECONSTRUCTION_LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
@@ -33,30 +34,24 @@ def downsampling_factor(config) -> int:
   return 2 ** (len(config.autoencoder.model.ch_mult) - 1)
 
 
-def make_train_step(model: AutoencoderKL, loss_config, tx, ema_decay: float) -> loop.StepFn:
+def make_train_step(model: AutoencoderKL, loss_config, tx, ema_decay: float, microbatches: int = 1) -> loop.StepFn:
   if loss_config.reconstruction not in RECONSTRUCTION_LOSSES:
     raise ValueError(f"Unknown autoencoder.loss.reconstruction {loss_config.reconstruction!r}; "
                      f"known: {sorted(RECONSTRUCTION_LOSSES)}.")
   reconstruction_loss = RECONSTRUCTION_LOSSES[loss_config.reconstruction]
 
-  def train_step(state: TrainState, batch: dict, rng: jax.Array):
+  def loss_fn(params, batch: dict, rng: jax.Array):
     x = batch["image"]                                  # [B, H, W, C] in [-1, 1]
-    rng = jax.random.fold_in(rng, state.step)
     sample_rng, dropout_rng = jax.random.split(rng)
+    recon, posterior = model.apply({"params": params}, x, sample_posterior=True, deterministic=False,
+                                   rngs={"sample": sample_rng, "dropout": dropout_rng})
+    rec = reconstruction_loss(x, recon.astype(jnp.float32))   # [B]
+    kl = posterior.kl()                                 # [B]
+    loss = jnp.mean(rec + loss_config.kl_weight * kl)
+    pixels = np.prod(x.shape[1:])
+    return loss, {"loss": loss, f"{loss_config.reconstruction}_per_pixel": rec.mean() / pixels, "kl": kl.mean()}
 
-    def loss_fn(params):
-      recon, posterior = model.apply({"params": params}, x, sample_posterior=True, deterministic=False,
-                                     rngs={"sample": sample_rng, "dropout": dropout_rng})
-      rec = reconstruction_loss(x, recon)               # [B]
-      kl = posterior.kl()                               # [B]
-      loss = jnp.mean(rec + loss_config.kl_weight * kl)
-      pixels = np.prod(x.shape[1:])
-      return loss, {"loss": loss, f"{loss_config.reconstruction}_per_pixel": rec.mean() / pixels, "kl": kl.mean()}
-
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
-    return apply_gradients(state, grads, tx, ema_decay), metrics
-
-  return train_step
+  return state_lib.make_train_step(loss_fn, tx, ema_decay, microbatches)
 
 
 def psnr_fn(model: AutoencoderKL) -> Callable:
@@ -89,7 +84,8 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
   stage = loop.Stage(
       name="autoencoder", loop_config=config.autoencoder.loop, workdir=workdir / "autoencoder",
       state=state, state_shardings=shardings,
-      step_fn=make_train_step(model, config.autoencoder.loss, tx, config.autoencoder.loop.ema_decay),
+      step_fn=make_train_step(model, config.autoencoder.loss, tx, config.autoencoder.loop.ema_decay,
+                              config.autoencoder.optim.microbatches),
       dataset=data.make_dataset(config.data, "train"), batch_size=config.data.batch_size,
       rng=jax.random.fold_in(rng, 2), seed=config.seed, meta={"config": config.to_json_best_effort()},
       eval_fn=lambda s: {"psnr_db": float(psnr(s.ema_params, val))}, mesh=mesh, mesh_config=config.mesh)

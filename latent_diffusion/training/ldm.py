@@ -19,7 +19,8 @@ from latent_diffusion.data import latent_shards
 from latent_diffusion.diffusion import NoiseSchedule, q_sample, training_target
 from latent_diffusion.models import AutoencoderKL, DiagonalGaussian, UNet
 from latent_diffusion.training import autoencoder, loop
-from latent_diffusion.training.state import TrainState, apply_gradients, create_train_state, make_optimizer
+from latent_diffusion.training import state as state_lib
+from latent_diffusion.training.state import create_train_state, make_optimizer
 
 
 def build_model(config) -> UNet:
@@ -55,8 +56,7 @@ def conditioning(config, batch: dict, rng: jax.Array | None = None) -> dict:
 def make_train_step(config, model: UNet, schedule: NoiseSchedule, tx, scale_factor: float) -> loop.StepFn:
   prediction_type = config.ldm.diffusion.prediction_type
 
-  def train_step(state: TrainState, batch: dict, rng: jax.Array):
-    rng = jax.random.fold_in(rng, state.step)
+  def loss_fn(params, batch: dict, rng: jax.Array):
     z_rng, t_rng, noise_rng, drop_rng, dropout_rng = jax.random.split(rng, 5)
     posterior = DiagonalGaussian(mean=batch["latent_mean"], logvar=batch["latent_logvar"])
     z0 = posterior.sample(z_rng) * scale_factor                       # [B, h, w, c]
@@ -65,16 +65,11 @@ def make_train_step(config, model: UNet, schedule: NoiseSchedule, tx, scale_fact
     x_t = q_sample(schedule, z0, t, noise)
     target = training_target(schedule, z0, noise, t, prediction_type)
     cond = conditioning(config, batch, drop_rng)
+    out = model.apply({"params": params}, x_t, t, **cond, deterministic=False, rngs={"dropout": dropout_rng})
+    loss = jnp.mean(jnp.square(out.astype(jnp.float32) - target))
+    return loss, {"loss": loss}
 
-    def loss_fn(params):
-      out = model.apply({"params": params}, x_t, t, **cond, deterministic=False, rngs={"dropout": dropout_rng})
-      loss = jnp.mean(jnp.square(out - target))
-      return loss, {"loss": loss}
-
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
-    return apply_gradients(state, grads, tx, config.ldm.loop.ema_decay), metrics
-
-  return train_step
+  return state_lib.make_train_step(loss_fn, tx, config.ldm.loop.ema_decay, config.ldm.optim.microbatches)
 
 
 def encode_split(config, ae: AutoencoderKL, ae_params, split: str, batch_size: int = 256) -> dict[str, np.ndarray]:

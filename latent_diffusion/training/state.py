@@ -55,6 +55,51 @@ def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation, 
                        ema_params=ema_update(state.ema_params, params, state.step, ema_decay))
 
 
+# fn(params, batch, rng) -> (scalar loss, {name: scalar metric}); all randomness drawn from rng.
+LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
+
+
+def _microbatches(batch: dict, count: int) -> dict:
+  """[B, ...] -> [count, B / count, ...], microbatch i = examples i, i + count, ... so that every
+  microbatch keeps the batch's sharding over the data axes (each device's rows split evenly)."""
+  def split(x):
+    if x.shape[0] % count:
+      raise ValueError(f"Batch of {x.shape[0]} does not split into {count} microbatches (optim.microbatches).")
+    return jnp.moveaxis(x.reshape(x.shape[0] // count, count, *x.shape[1:]), 1, 0)
+  return jax.tree.map(split, batch)
+
+
+def accumulated_gradients(loss_fn: LossFn, params, batch: dict, rng: jax.Array, microbatches: int = 1):
+  """(grads, metrics) of loss_fn averaged over `microbatches` slices of the batch.
+
+  One lax.scan inside the jitted step: the same update as the whole batch at once (for losses that
+  are means over examples) with the activation memory of one slice. Microbatch i uses fold_in(rng, i).
+  """
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  if microbatches == 1:
+    return grad_fn(params, batch, rng)
+  slices = _microbatches(batch, microbatches)
+
+  def accumulate(total, xs):
+    i, micro = xs
+    return jax.tree.map(jnp.add, total, grad_fn(params, micro, jax.random.fold_in(rng, i))), None
+
+  first = jax.tree.map(lambda x: x[0], slices)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, first, rng))
+  total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(microbatches), slices))
+  return jax.tree.map(lambda x: x / microbatches, total)
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, ema_decay: float, microbatches: int = 1):
+  """step(state, batch, rng) -> (state, metrics): gradients (accumulated over microbatches), AdamW, EMA.
+  The step's key is fold_in(rng, state.step)."""
+  def train_step(state: TrainState, batch: dict, rng: jax.Array):
+    grads, metrics = accumulated_gradients(loss_fn, state.params, batch, jax.random.fold_in(rng, state.step),
+                                           microbatches)
+    return apply_gradients(state, grads, tx, ema_decay), metrics
+  return train_step
+
+
 def create_train_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
                        rng: jax.Array, mesh, mesh_config) -> tuple[TrainState, Any]:
   """Initialises the state under jit with sharded outputs; returns (state, state_shardings).

@@ -10,8 +10,8 @@ from ml_collections import ConfigDict
 
 from configs import base
 from latent_diffusion import parallel
-from latent_diffusion.training.state import (TrainState, apply_gradients, create_train_state, ema_update,
-                                             learning_rate_schedule, make_optimizer)
+from latent_diffusion.training.state import (TrainState, accumulated_gradients, apply_gradients, create_train_state,
+                                             ema_update, learning_rate_schedule, make_optimizer)
 
 
 def test_warmup_then_cosine_schedule():
@@ -77,3 +77,30 @@ def test_mesh_shape_errors():
     parallel.make_mesh(ConfigDict(dict(shape=(-1, -1, 1), axes=("data", "fsdp", "tensor"))))
   with pytest.raises(ValueError, match="needs 4 devices"):
     parallel.make_mesh(ConfigDict(dict(shape=(2, 2, 1), axes=("data", "fsdp", "tensor"))))
+
+
+def _regression_loss(params, batch, rng):
+  """A mean-over-examples loss that ignores rng: accumulation must reproduce it exactly."""
+  del rng
+  pred = jnp.tanh(batch["x"] @ params["w"]) + params["b"]
+  loss = jnp.mean(jnp.square(pred - batch["y"]))
+  return loss, {"loss": loss}
+
+
+@pytest.mark.parametrize("microbatches", [2, 4])
+def test_accumulated_gradients_equal_the_whole_batch(microbatches):
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32), "b": jnp.asarray(rng.normal(size=3), jnp.float32)}
+  batch = {"x": jnp.asarray(rng.normal(size=(8, 5)), jnp.float32), "y": jnp.asarray(rng.normal(size=(8, 3)), jnp.float32)}
+  whole, whole_metrics = jax.grad(_regression_loss, has_aux=True)(params, batch, None)
+  grads, metrics = jax.jit(lambda p, b: accumulated_gradients(_regression_loss, p, b, jax.random.key(0),
+                                                              microbatches))(params, batch)
+  for name in params:
+    np.testing.assert_allclose(grads[name], whole[name], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(metrics["loss"], whole_metrics["loss"], rtol=1e-6)
+
+
+def test_microbatches_must_divide_the_batch():
+  batch = {"x": jnp.zeros((6, 5)), "y": jnp.zeros((6, 3))}
+  with pytest.raises(ValueError, match="Batch of 6 does not split into 4 microbatches"):
+    accumulated_gradients(_regression_loss, {"w": jnp.zeros((5, 3)), "b": jnp.zeros(3)}, batch, jax.random.key(0), 4)

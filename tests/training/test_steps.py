@@ -78,3 +78,21 @@ def test_num_classes_must_leave_room_for_the_null_label(tmp_path):
   config = tiny_config("ldm.model.num_classes=10")
   with pytest.raises(ValueError, match="num_classes=10 must be config.data.num_classes \\+ 1 = 11"):
     ldm.train(config, tmp_path, parallel.make_mesh(config.mesh))
+
+
+def test_bfloat16_compute_and_microbatches_from_the_config():
+  """dtype='bfloat16' computes in bfloat16 with float32 parameters; microbatches=2 gives a finite,
+  close loss (other random draws per microbatch)."""
+  base = tiny_config("ldm.cond_drop_prob=0.0")
+  variant = tiny_config("ldm.cond_drop_prob=0.0", "ldm.model.dtype=bfloat16", "ldm.optim.microbatches=2")
+  h, w, c = ldm.latent_shape(base)
+  batch = {"latent_mean": jax.random.normal(jax.random.key(1), (8, h, w, c)),
+           "latent_logvar": jnp.full((8, h, w, c), -4.0), "label": jnp.arange(8) % 10}
+  losses = []
+  for config in (base, variant):
+    model, tx, state, _ = ldm.init_state(config, parallel.make_mesh(config.mesh), jax.random.key(0))
+    step = jax.jit(ldm.make_train_step(config, model, ldm.build_schedule(config), tx, 0.5))
+    new_state, metrics = step(state, batch, jax.random.key(2))
+    assert {leaf.dtype for leaf in jax.tree.leaves(new_state.params)} == {jnp.dtype(jnp.float32)}
+    losses.append(float(metrics["loss"]))
+  assert np.isfinite(losses[1]) and abs(losses[1] - losses[0]) < 0.5 * losses[0]
