@@ -55,6 +55,7 @@ def compile_variant(setup: ours.Setup, name: str):
   jax.nn.dot_product_attention, nn.gelu = PATCHES[name]
   try:
     state, latents, context, key = setup.train_args()
+    state = jax.tree.map(jnp.copy, state)  # each variant donates its own copy
     compiled = setup.train_step().lower(state, latents, context, key).compile()
   finally:
     jax.nn.dot_product_attention, nn.gelu = ORIGINAL_ATTENTION, ORIGINAL_GELU

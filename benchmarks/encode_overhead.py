@@ -35,7 +35,7 @@ def write_jpeg_shards(directory: pathlib.Path, images: int, per_shard: int = 64)
   for shard in range(-(-images // per_shard)):
     members = []
     for i in range(min(per_shard, images - shard * per_shard)):
-      crop = photo_fixtures.random_crop(photos[int(rng.integers(len(photos)))], rng, 160, 320)
+      crop = photo_fixtures.random_crop(photos[int(rng.integers(len(photos)))], rng, 160, 280)
       data, _, _ = photo_fixtures._jpeg(crop)  # pylint: disable=protected-access
       members += [(f"{shard:05d}{i:04d}.jpg", data), (f"{shard:05d}{i:04d}.txt", b"a photo")]
     photo_fixtures.write_tar(directory / f"{shard:05d}.tar", members)

@@ -112,12 +112,12 @@ def main():
   start = time.perf_counter()
   results = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "size": args.size,
              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "workloads": {}}
-  for workload in args.workloads.split(","):
-    results["workloads"][workload] = run_workload(workload, args)
-  results["total_s"] = round(time.perf_counter() - start, 1)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  (out / "results.json").write_text(json.dumps(results, indent=1))
+  for workload in args.workloads.split(","):
+    results["workloads"][workload] = run_workload(workload, args)
+    results["total_s"] = round(time.perf_counter() - start, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=1))  # after each workload: partial runs count
   table = report.markdown(results)
   (out / "table.md").write_text(table)
   print(table)

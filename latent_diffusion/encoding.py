@@ -197,6 +197,7 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
                    **{name: value[i] for name, value in latents.items()}}
       writers.add(int(record), example, str(local["key"][i]))
 
+  # Throughput counts from the end of step 0, whose dispatch includes compiling the encoder.
   start, pending, done = time.perf_counter(), None, 0
   for step in range(steps):
     local = next(batches)
@@ -204,8 +205,12 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
     latents = encode(ae_params, arrays["image"], arrays["record"])
     if pending is not None:
       write(*pending)
-    pending, done = (local, latents), done + global_batch
-    if (step + 1) % encode_config.get("log_every_steps", 20) == 0 or step + 1 == steps:
+    if step == 0:
+      start = time.perf_counter()
+    else:
+      done += global_batch
+    pending = (local, latents)
+    if done and ((step + 1) % encode_config.get("log_every_steps", 20) == 0 or step + 1 == steps):
       rate = done / (time.perf_counter() - start)
       logging.info("encode: step %d/%d, %.1f images/s, ETA %.0f s", step + 1, steps, rate, (steps - step - 1) *
                    global_batch / rate)
@@ -214,8 +219,8 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
   seconds = time.perf_counter() - start
   multihost_utils.sync_global_devices("encode: all shards written")
   manifest = _manifest(shards, output, encode_config, encoder_name, params_digest(ae_params),
-                       skipped_at_index or {}, {"seconds": seconds, "slots": steps * global_batch,
-                                                "images_per_second": steps * global_batch / max(seconds, 1e-9)})
+                       skipped_at_index or {}, {"seconds_after_compile": seconds, "slots": done,
+                                                "images_per_second": done / max(seconds, 1e-9)})
   if process == 0:
     (output / "manifest.json").write_text(json.dumps(manifest, indent=1))
   return manifest
