@@ -53,8 +53,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.stages = ("autoencoder", "ldm", "evaluate")
 
   config.mesh = ml_collections.ConfigDict(dict(
-      # Device mesh (data, fsdp, tensor); -1 fills with the remaining devices.
+      # Device mesh (data, fsdp, tensor) within a slice / host group (ICI); -1 fills with the remaining devices.
       shape=(-1, 1, 1),
+      # Mesh across slices (TPU multi-slice) or hosts (GPU clusters) over the data-center network;
+      # the full mesh is shape * dcn_shape per axis. Keep fsdp and tensor inside ICI: dcn_shape=(slices, 1, 1).
+      dcn_shape=(1, 1, 1),
       axes=("data", "fsdp", "tensor"),
       # Logical axis name -> mesh axis (None = replicated); parameters and batches follow these.
       # In a parameter, a mesh axis already taken by an earlier dimension is skipped (Flax rule order).
@@ -175,6 +178,8 @@ def get_config() -> ml_collections.ConfigDict:
       min_size=0,
       # Decoding threads per process.
       num_threads=4,
+      # A local tokenizer folder (e.g. a pipeline's tokenizer/): also store the caption's token ids.
+      tokenizer=ml_collections.config_dict.placeholder(str),
       log_every_steps=20,
   ))
 

@@ -16,6 +16,7 @@ import json
 import math
 import pathlib
 import time
+from collections.abc import Callable
 
 import grain
 import jax
@@ -26,7 +27,7 @@ from jax.experimental import multihost_utils
 
 from latent_diffusion import parallel
 from latent_diffusion.data import images as image_transforms
-from latent_diffusion.data import latent_shards
+from latent_diffusion.data import latent_shards, tokenization
 from latent_diffusion.models import AutoencoderKL
 
 OUTPUTS = ("moments", "sample")
@@ -64,20 +65,25 @@ def owned_slots(shards: list[Shard], output: pathlib.Path, process: int, num_pro
 
 
 class _Slot(grain.transforms.Map):
-  """Record index (-1 = padding) -> {'image' [S, S, 3], 'record', 'valid'}; bad images stay as invalid slots."""
+  """Record index (-1 = padding) -> {'image' [S, S, 3], 'record', 'valid', 'key', 'caption', 'label',
+  'tokens' [L] (with `tokenize`)}; bad images stay as invalid slots."""
 
-  def __init__(self, source, image_size: int, skips: image_transforms.SkipCounter, min_size: int):
-    self.source, self.image_size = source, image_size
+  def __init__(self, source, image_size: int, skips: image_transforms.SkipCounter, min_size: int,
+               tokenize: Callable[[list[str]], np.ndarray] | None = None):
+    self.source, self.image_size, self.tokenize = source, image_size, tokenize
     self.decode = image_transforms.DecodeImage(skips, min_size=min_size, draft_size=image_size)
     self.crop = image_transforms.ResizeCrop(image_size, "center", flip=False)
 
+  def _text(self, caption: str) -> dict:
+    return {"caption": caption, **({"tokens": self.tokenize([caption])[0]} if self.tokenize else {})}
+
   def map(self, index: int) -> dict:
     blank = {"image": np.zeros((self.image_size, self.image_size, 3), np.float32), "record": np.int64(index),
-             "valid": False, "key": "", "caption": "", "label": np.int64(-1)}
+             "valid": False, "key": "", "label": np.int64(-1), **self._text("")}
     if index < 0:
       return blank
     record = self.source[int(index)]
-    meta = {"key": record["key"], "caption": record.get("caption", ""), "label": np.int64(record.get("label", -1))}
+    meta = {"key": record["key"], "label": np.int64(record.get("label", -1)), **self._text(record.get("caption", ""))}
     decoded = self.decode.map(record)
     if decoded is None:
       return {**blank, **meta}
@@ -152,10 +158,11 @@ class _ShardWriters:
 
 
 def _slot_iterator(source, slots: np.ndarray, local_batch: int, steps: int, image_size: int, min_size: int,
-                   skips, num_threads: int):
+                   skips, num_threads: int, tokenize):
   padded = np.full(steps * local_batch, -1, np.int64)
   padded[:len(slots)] = slots
-  dataset = grain.MapDataset.source(padded).map(_Slot(source, image_size, skips, min_size)).batch(local_batch)
+  dataset = grain.MapDataset.source(padded).map(_Slot(source, image_size, skips, min_size, tokenize))
+  dataset = dataset.batch(local_batch)
   return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)))
 
 
@@ -177,8 +184,12 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
   all_slots = [owned_slots(shards, output, p, num_processes) for p in range(num_processes)]
   steps = max(math.ceil(len(s) / local_batch) for s in all_slots)
   skips = image_transforms.SkipCounter("encode")
+  tokenize = None
+  if encode_config.get("tokenizer"):
+    tokenizer = tokenization.load_tokenizer(encode_config.tokenizer)
+    tokenize = lambda texts: tokenization.tokenize(tokenizer, texts)
   batches = _slot_iterator(source, all_slots[process], local_batch, steps, image_size,
-                           encode_config.get("min_size", 0), skips, encode_config.get("num_threads", 4))
+                           encode_config.get("min_size", 0), skips, encode_config.get("num_threads", 4), tokenize)
   encode = make_encode_fn(ae, encode_config.output, encode_config.dtype, encode_config.seed, mesh, mesh_config)
   sharding = parallel.batch_sharding(mesh, mesh_config)
   writers = _ShardWriters(shards, encode_config.records_per_shard, output, skips)
@@ -194,6 +205,7 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
       example = None
       if local["valid"][i]:
         example = {"key": str(local["key"][i]), "caption": str(local["caption"][i]), "label": int(local["label"][i]),
+                   **({"tokens": local["tokens"][i].astype(np.int32)} if "tokens" in local else {}),
                    **{name: value[i] for name, value in latents.items()}}
       writers.add(int(record), example, str(local["key"][i]))
 

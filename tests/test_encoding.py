@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from latent_diffusion import parallel
-from latent_diffusion.data import images, latent_shards, tar_shards
+from latent_diffusion.data import images, latent_shards, tar_shards, tokenization
 from latent_diffusion.training import ldm
 from latent_diffusion.weights import pretrained
 from tests.conftest import tiny_config
+from tests import text_fixtures
 from tests.data import photo_fixtures
 
 torch = pytest.importorskip("torch")
@@ -34,6 +35,7 @@ def inputs(tmp_path_factory):
                                 down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                                 latent_channels=4, sample_size=IMAGE_SIZE)
   vae.save_pretrained(root / "vae")
+  text_fixtures.write_tiny_clip_tokenizer(root / "tokenizer")
   return str(root / "shards" / "{00000..00002}.tar"), expected, skipped, root / "vae"
 
 
@@ -42,6 +44,7 @@ def _encode_command(inputs, output, *extra):
   return [sys.executable, "-m", "latent_diffusion.encode", "--config=configs/tiny.py", f"--input={pattern}",
           f"--output={output}", f"--vae={vae}", "--config.data.name=tar_shards",
           f"--config.data.image_size={IMAGE_SIZE}", "--config.encode.batch_size=4",
+          f"--config.encode.tokenizer={vae.parent / 'tokenizer'}",
           "--config.encode.records_per_shard=5", *extra]
 
 
@@ -76,6 +79,8 @@ def test_every_good_record_is_encoded_once_and_skips_are_counted(inputs, uninter
   some = records[sorted(records)[0]]
   assert some["latent_mean"].shape == some["latent_logvar"].shape == (IMAGE_SIZE // 2, IMAGE_SIZE // 2, 4)
   assert some["caption"] == expected[some["key"]].caption
+  tokenizer = tokenization.load_tokenizer(inputs[3].parent / "tokenizer")
+  np.testing.assert_array_equal(some["tokens"], tokenization.tokenize(tokenizer, [some["caption"]])[0])
 
 
 def test_latents_equal_the_bare_encoder_on_the_same_images(inputs, uninterrupted):

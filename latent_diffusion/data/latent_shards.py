@@ -1,8 +1,8 @@
 """ArrayRecord shards of pre-encoded latents: the record codec, a shard writer, a grain source.
 
 A record is msgpack of {'key': str, 'caption': str, 'label': int (-1 if none), 'latent_mean' and
-'latent_logvar' (or 'latent' for a stored posterior sample): {'dtype', 'shape', 'data'}}, latents
-NHWC [h, w, c]. Shard files are written as '<name>.partial' and renamed when complete, so a
+'latent_logvar' (or 'latent' for a stored posterior sample), optionally 'tokens' (int32 [L]):
+arrays as {'dtype', 'shape', 'data'}}, latents NHWC [h, w, c]. Shard files are written as '<name>.partial' and renamed when complete, so a
 reader never sees half a shard.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 from array_record.python import array_record_module
 
 SUFFIX = ".array_record"
-_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "int32": np.int32}
 
 
 def encode_record(example: dict) -> bytes:
@@ -31,12 +31,12 @@ def encode_record(example: dict) -> bytes:
 
 
 def decode_record(record: bytes, dtype=np.float32) -> dict:
-  """The example of `encode_record`, latent arrays cast to `dtype`."""
+  """The example of `encode_record`, latent (floating) arrays cast to `dtype`, token ids int32."""
   example = msgpack.unpackb(record, raw=False)
   for name, value in example.items():
     if isinstance(value, dict) and "data" in value:
       array = np.frombuffer(value["data"], _DTYPES[value["dtype"]]).reshape(value["shape"])
-      example[name] = array.astype(dtype)
+      example[name] = array if array.dtype == np.int32 else array.astype(dtype)
   return example
 
 

@@ -10,25 +10,51 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def make_mesh(mesh_config, devices: list | None = None) -> Mesh:
-  """A mesh of all (or the given) devices with `mesh_config.axes`; one `shape` entry may be -1 (fill)."""
-  shape = list(mesh_config.shape)
-  n = len(devices) if devices is not None else jax.device_count()
+def _fill(shape: list[int], n: int, what: str) -> list[int]:
+  """`shape` with its (at most one) -1 set so that the product is n."""
   if shape.count(-1) > 1:
-    raise ValueError(f"config.mesh.shape={tuple(shape)}: at most one axis may be -1.")
+    raise ValueError(f"config.mesh.{what}={tuple(shape)}: at most one axis may be -1.")
   known = int(np.prod([s for s in shape if s != -1]))
   if -1 in shape:
     if n % known:
-      raise ValueError(f"config.mesh.shape={tuple(shape)} does not divide the {n} devices.")
+      raise ValueError(f"config.mesh.{what}={tuple(shape)} does not divide the {n} devices.")
     shape[shape.index(-1)] = n // known
   if int(np.prod(shape)) != n:
-    raise ValueError(f"config.mesh.shape={tuple(shape)} needs {int(np.prod(shape))} devices, {n} are present.")
+    raise ValueError(f"config.mesh.{what}={tuple(shape)} needs {int(np.prod(shape))} devices, {n} are present.")
+  return shape
+
+
+def make_mesh(mesh_config, devices: list | None = None) -> Mesh:
+  """A mesh of all (or the given) devices with `mesh_config.axes`.
+
+  `shape` is the mesh inside a slice (ICI; one entry may be -1 = fill); `dcn_shape` (default all
+  1) multiplies it across slices or, off TPU, across processes: the device order then keeps each
+  ICI block on one slice / process, so collectives over ICI axes never cross the slow network.
+  """
+  devices = list(jax.devices()) if devices is None else list(devices)
+  dcn = [int(d) for d in mesh_config.get("dcn_shape", (1,) * len(mesh_config.shape))]
+  if len(dcn) != len(mesh_config.shape) or min(dcn) < 1:
+    raise ValueError(f"config.mesh.dcn_shape={tuple(dcn)} must have one entry >= 1 per axis {tuple(mesh_config.axes)}.")
+  granules = int(np.prod(dcn))
+  if len(devices) % granules:
+    raise ValueError(f"config.mesh.dcn_shape={tuple(dcn)} does not divide the {len(devices)} devices.")
+  shape = _fill(list(mesh_config.shape), len(devices) // granules, "shape")
   # Auto axes: XLA propagates shardings from the jit in/out shardings (no per-op sharding types).
   axis_types = (jax.sharding.AxisType.Auto,) * len(shape)
-  return jax.make_mesh(tuple(shape), tuple(mesh_config.axes), axis_types=axis_types, devices=devices)
+  if granules == 1:
+    return jax.make_mesh(tuple(shape), tuple(mesh_config.axes), axis_types=axis_types, devices=devices)
+  on_tpu = devices[0].platform == "tpu"
+  try:
+    grid = mesh_utils.create_hybrid_device_mesh(shape, dcn, devices, process_is_granule=not on_tpu)
+  except (ValueError, AssertionError) as error:
+    unit = "slices" if on_tpu else "processes"
+    raise ValueError(f"config.mesh.dcn_shape={tuple(dcn)} needs {granules} {unit} of {len(devices) // granules} "
+                     f"devices each: {error}") from None
+  return Mesh(grid, tuple(mesh_config.axes), axis_types=axis_types)
 
 
 def rules(mesh_config) -> tuple:

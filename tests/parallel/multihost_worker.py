@@ -21,8 +21,14 @@ def main(coordinator: str, num_processes: int, process_id: int, out: str):
   from latent_diffusion.training import ldm, loop
   from tests.conftest import tiny_config
 
-  config = tiny_config("mesh.shape=(2, 2, 1)", "ldm.model.model_channels=32", "ldm.model.num_head_channels=16")
+  # The same (2, 2, 1) mesh either way; across processes 'data' runs over the DCN axis, so each
+  # process holds one row: FSDP gathers stay inside a host.
+  mesh_shape = ("mesh.shape=(1, 2, 1)", "mesh.dcn_shape=(2, 1, 1)") if num_processes > 1 else ("mesh.shape=(2, 2, 1)",)
+  config = tiny_config(*mesh_shape, "ldm.model.model_channels=32", "ldm.model.num_head_channels=16")
   mesh = parallel.make_mesh(config.mesh)
+  assert mesh.devices.shape == (2, 2, 1)
+  if num_processes > 1:
+    assert [{d.process_index for d in row.flat} for row in mesh.devices] == [{0}, {1}]
   model, tx, state, shardings = ldm.init_state(config, mesh, jax.random.key(0))
   step = loop.compile_step(ldm.make_train_step(config, model, ldm.build_schedule(config), tx, 0.7),
                            jax.random.key(1), shardings, mesh, config.mesh)

@@ -77,6 +77,11 @@ def test_mesh_shape_errors():
     parallel.make_mesh(ConfigDict(dict(shape=(-1, -1, 1), axes=("data", "fsdp", "tensor"))))
   with pytest.raises(ValueError, match="needs 4 devices"):
     parallel.make_mesh(ConfigDict(dict(shape=(2, 2, 1), axes=("data", "fsdp", "tensor"))))
+  with pytest.raises(ValueError, match=r"dcn_shape=\(2, 1\) must have one entry >= 1 per axis"):
+    parallel.make_mesh(ConfigDict(dict(shape=(-1, 1, 1), dcn_shape=(2, 1), axes=("data", "fsdp", "tensor"))))
+  with pytest.raises(ValueError, match=r"dcn_shape=\(2, 1, 1\) does not divide the 1 devices"):
+    parallel.make_mesh(ConfigDict(dict(shape=(-1, 1, 1), dcn_shape=(2, 1, 1), axes=("data", "fsdp", "tensor"))),
+                       jax.devices()[:1])
 
 
 def _regression_loss(params, batch, rng):
