@@ -9,6 +9,7 @@ Variants (patches of jax.nn functions that latent_diffusion.models.layers calls)
   baseline     jax.nn.dot_product_attention as in layers.MultiHeadAttention (XLA implementation)
   heads_first  explicit attention with heads moved before tokens ([B, N, T, H]), q pre-scaled
   gelu_tanh    GEGLU's exact erf GELU replaced by the tanh approximation (NOT output-equal: a bound)
+  query_chunks attention over blocks of 128 queries, rematerialised (benchmarks/ablate_attention.py)
   no_attention attention replaced by its value path (out = v): a bound on what attention costs
 """
 
@@ -20,6 +21,7 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "systems"), str(HERE.parent)]
 
+import ablate_attention  # noqa: E402
 import timing  # noqa: E402
 import ours  # noqa: E402
 
@@ -39,6 +41,14 @@ def heads_first(q, k, v, *args, **kwargs):
   return jnp.swapaxes(jnp.einsum("bnts,bnsh->bnth", weights, v), 1, 2)
 
 
+def query_chunks(q, k, v, *args, **kwargs):
+  """ablate_attention.query_chunked(128) where 128 divides the query count, else unchanged."""
+  t = q.shape[1]
+  if t > 128 and t % 128 == 0:
+    return ablate_attention.query_chunked(128)(q, k, v)
+  return ORIGINAL_ATTENTION(q, k, v)
+
+
 def value_only(q, k, v, *args, **kwargs):
   return q * 0 + jnp.mean(v, axis=1, keepdims=True)
 
@@ -46,6 +56,7 @@ def value_only(q, k, v, *args, **kwargs):
 PATCHES = {
     "baseline": (ORIGINAL_ATTENTION, ORIGINAL_GELU),
     "heads_first": (heads_first, ORIGINAL_GELU),
+    "query_chunks": (query_chunks, ORIGINAL_GELU),
     "gelu_tanh": (ORIGINAL_ATTENTION, lambda x, approximate=True: ORIGINAL_GELU(x, approximate=True)),
     "no_attention": (value_only, ORIGINAL_GELU),
 }

@@ -101,8 +101,9 @@ def markdown(results: dict) -> str:
   if memory and "error" not in memory:
     lines += ["", "| fsdp (emulated devices) | params + AdamW on device 0, MB | step peak per device, MB "
               "| step temporaries per device, MB |", "|---|---|---|---|"]
-    lines += [f"| {n} | {m['state_bytes_device0'] / 1e6:.0f} | {m['peak_bytes'] / 1e6:.0f} | {m['temp_bytes'] / 1e6:.0f} |"
-              for n, m in memory.items() if isinstance(m, dict) and "peak_bytes" in m]
+    meshes = {n: m for n, m in memory.items() if isinstance(m, dict) and "peak_bytes" in m}
+    lines += [f"| {n} | {m['state_bytes_device0'] / 1e6:.0f} | {m['peak_bytes'] / 1e6:.0f} "
+              f"| {m['temp_bytes'] / 1e6:.0f} |" for n, m in meshes.items()]
   encode = _get(w, "encode", "ours")
   if encode and "overhead_pct" in encode:
     lines += ["", f"Pre-encoding job: {encode['job_images_per_s']} images/s vs bare encoder "

@@ -124,7 +124,8 @@ def run_train(s: Setup, args) -> dict:
   result = timing.measure(run, warmup=args.warmup, repeats=args.repeats)
   mem = compiled.memory_analysis()
   peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
-  result.update(flops=_flops(compiled), peak_bytes=peak, images_per_s=round(s.cfg["train_batch"] / result["median_s"], 3))
+  result.update(flops=_flops(compiled), peak_bytes=peak,
+                images_per_s=round(s.cfg["train_batch"] / result["median_s"], 3))
   return result
 
 

@@ -99,7 +99,8 @@ def run_sample(s: Setup, args) -> dict:
 def run_vae(s: Setup, args) -> dict:
   s.vae.eval()
   out = {}
-  for name, fn in (("encode", lambda: s.encode(s.images).latent_dist.mean), ("decode", lambda: s.decode(s.vae_latents))):
+  encode, decode = lambda: s.encode(s.images).latent_dist.mean, lambda: s.decode(s.vae_latents)
+  for name, fn in (("encode", encode), ("decode", decode)):
     r = timing.measure(fn, warmup=args.warmup, repeats=args.repeats)
     out[name] = {**r, "images_per_s": round(s.cfg["vae_batch"] / r["median_s"], 3)}
   return out

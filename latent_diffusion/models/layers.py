@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from latent_diffusion.models.attention import dot_product_attention
+
 Dtype = Any
 _zeros = nn.initializers.zeros
 _ones = nn.initializers.ones
@@ -134,7 +136,7 @@ class MultiHeadAttention(nn.Module):
     q = heads(dense(inner, ("embed", "heads"), use_bias=self.qkv_bias, name="to_q", dtype=self.dtype)(x))
     k = heads(dense(inner, ("embed", "heads"), use_bias=self.qkv_bias, name="to_k", dtype=self.dtype)(context))
     v = heads(dense(inner, ("embed", "heads"), use_bias=self.qkv_bias, name="to_v", dtype=self.dtype)(context))
-    out = jax.nn.dot_product_attention(q, k, v)                              # [B, T, N, H]
+    out = dot_product_attention(q, k, v)                                     # [B, T, N, H]
     return dense(x.shape[-1], ("heads", "embed"), name="to_out", dtype=self.dtype)(out.reshape(x.shape[:2] + (inner,)))
 
 
