@@ -23,6 +23,7 @@ sys.path[:0] = [str(HERE), str(HERE / "systems"), str(HERE.parent)]
 
 import ablate_attention  # noqa: E402
 import timing  # noqa: E402
+import jax_workloads  # noqa: E402
 import ours  # noqa: E402
 
 import flax.linen as nn  # noqa: E402
@@ -89,7 +90,7 @@ def main():
         times[name].append(time.perf_counter() - start)
   result = {}
   for name, (compiled, _, _) in runs.items():
-    stats = ours.compiled_stats(compiled)
+    stats = jax_workloads.compiled_stats(compiled)
     result[name] = {"median_s": round(statistics.median(times[name]), 3), "min_s": round(min(times[name]), 3),
                     "gflops": round(stats["flops"] / 1e9, 1), "temp_gb": round(stats["temp_bytes"] / 1e9, 2)}
   timing.emit(result)

@@ -17,6 +17,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "systems"), str(HERE.parent)]
 
 import timing  # noqa: E402
+import jax_workloads  # noqa: E402
 import ours  # noqa: E402
 
 import flax.linen as nn  # noqa: E402
@@ -46,7 +47,7 @@ def per_device(setup: ours.Setup, fsdp: int, mesh_config) -> dict:
   compiled = step.lower(state, latents, context, jax.random.key(1)).compile()
   held = sum(s.data.nbytes for leaf in jax.tree.leaves(state) for s in leaf.addressable_shards
              if s.device == devices[0])
-  return {"state_bytes_device0": held, **ours.compiled_stats(compiled)}
+  return {"state_bytes_device0": held, **jax_workloads.compiled_stats(compiled)}
 
 
 def main():

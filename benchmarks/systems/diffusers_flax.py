@@ -10,13 +10,12 @@ donated, here jit instead of pmap on one device); sampling follows FlaxStableDif
 
 import pathlib
 import sys
-import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import configs  # noqa: E402
-import timing  # noqa: E402
+import jax_workloads  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -106,70 +105,10 @@ class Setup:
     return jax.jit(lambda p, z: self.vae.apply({"params": p}, z, method=self.vae.decode).sample)
 
 
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  return float(cost.get("flops", 0.0))
-
-
-def run_train(s: Setup, args) -> dict:
-  state, latents, context, key = s.train_args()
-  compiled = s.train_step().lower(state, latents, context, key).compile()
-  box = [state]
-
-  def run():
-    box[0], loss = compiled(box[0], latents, context, key)
-    loss.block_until_ready()
-
-  result = timing.measure(run, warmup=args.warmup, repeats=args.repeats)
-  mem = compiled.memory_analysis()
-  peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
-  result.update(flops=_flops(compiled), peak_bytes=peak,
-                images_per_s=round(s.cfg["train_batch"] / result["median_s"], 3))
-  return result
-
-
-def run_sample(s: Setup, args) -> dict:
-  sargs = s.sample_args()
-  start = time.perf_counter()
-  compiled = s.sample_fn().lower(*sargs).compile()
-  compile_s = time.perf_counter() - start
-  result = timing.measure(lambda: compiled(*sargs).block_until_ready(), warmup=args.warmup, repeats=args.repeats)
-  result.update(compile_s=round(compile_s, 2), s_per_image=round(result["median_s"] / s.cfg["sample_batch"], 4),
-                flops=_flops(compiled))
-  return result
-
-
-def run_vae(s: Setup, args) -> dict:
-  out = {}
-  for name, fn, x in (("encode", s.encode_fn(), s.images), ("decode", s.decode_fn(), s.vae_latents)):
-    r = timing.measure(lambda f=fn, x=x: f(s.vae_params, x).block_until_ready(), warmup=args.warmup,
-                       repeats=args.repeats)
-    out[name] = {**r, "images_per_s": round(s.cfg["vae_batch"] / r["median_s"], 3)}
-  return out
-
-
-def run_compile(s: Setup, args) -> dict:
-  out = {}
-  for name, fn, fargs in (("train", s.train_step(), s.train_args()), ("sample", s.sample_fn(), s.sample_args())):
-    start = time.perf_counter()
-    fn.lower(*fargs).compile()
-    out[f"{name}_compile_s"] = round(time.perf_counter() - start, 2)
-  return out
-
-
-def main():
-  args = timing.parse_args(__doc__.splitlines()[0])
-  if args.cache_dir:
-    jax.config.update("jax_compilation_cache_dir", args.cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  s = Setup(args.size)
-  run = {"train": run_train, "sample": run_sample, "vae": run_vae, "compile": run_compile}[args.workload]
+def system_info() -> dict:
   import diffusers  # pylint: disable=import-outside-toplevel
-  timing.emit({"system": "diffusers_flax", "diffusers": diffusers.__version__, "jax": jax.__version__,
-               **run(s, args)})
+  return {"system": "diffusers_flax", "diffusers": diffusers.__version__}
 
 
 if __name__ == "__main__":
-  main()
+  jax_workloads.main(__doc__, Setup, system_info())

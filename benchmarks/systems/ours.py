@@ -7,13 +7,12 @@ Run by benchmarks/run.py in the project's .venv; prints one `RESULT {json}` line
 
 import pathlib
 import sys
-import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parents[1])]
 
 import configs  # noqa: E402
-import timing  # noqa: E402
+import jax_workloads  # noqa: E402
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -94,77 +93,5 @@ class Setup:
     return jax.jit(lambda p, z: self.vae.apply({"params": p}, z, method="decode"))
 
 
-def compiled_stats(compiled) -> dict:
-  """FLOPs (XLA cost analysis) and memory (bytes) of a compiled executable."""
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  mem = compiled.memory_analysis()
-  out = {"flops": float(cost.get("flops", 0.0))}
-  if mem is not None:
-    out.update(argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
-               temp_bytes=mem.temp_size_in_bytes, alias_bytes=mem.alias_size_in_bytes,
-               peak_bytes=mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-               - mem.alias_size_in_bytes)
-  return out
-
-
-def run_train(s: Setup, args) -> dict:
-  step = s.train_step()
-  state, latents, context, key = s.train_args()
-  compiled = step.lower(state, latents, context, key).compile()
-  box = [state]
-
-  def run():
-    box[0], loss = compiled(box[0], latents, context, key)
-    loss.block_until_ready()
-
-  result = timing.measure(run, warmup=args.warmup, repeats=args.repeats)
-  result.update(compiled_stats(compiled), images_per_s=round(s.cfg["train_batch"] / result["median_s"], 3))
-  return result
-
-
-def run_sample(s: Setup, args) -> dict:
-  fn = s.sample_fn()
-  sargs = s.sample_args()
-  start = time.perf_counter()
-  compiled = fn.lower(*sargs).compile()
-  compile_s = time.perf_counter() - start
-  result = timing.measure(lambda: compiled(*sargs).block_until_ready(), warmup=args.warmup, repeats=args.repeats)
-  batch = s.cfg["sample_batch"]
-  result.update(compile_s=round(compile_s, 2), s_per_image=round(result["median_s"] / batch, 4),
-                flops=compiled_stats(compiled)["flops"])
-  return result
-
-
-def run_vae(s: Setup, args) -> dict:
-  out = {}
-  for name, fn, x in (("encode", s.encode_fn(), s.images), ("decode", s.decode_fn(), s.vae_latents)):
-    r = timing.measure(lambda f=fn, x=x: f(s.vae_params, x).block_until_ready(), warmup=args.warmup,
-                       repeats=args.repeats)
-    out[name] = {**r, "images_per_s": round(s.cfg["vae_batch"] / r["median_s"], 3)}
-  return out
-
-
-def run_compile(s: Setup, args) -> dict:
-  """Seconds to lower + compile the train step and the sampler (with the persistent cache if given)."""
-  out = {}
-  for name, fn, fargs in (("train", s.train_step(), s.train_args()), ("sample", s.sample_fn(), s.sample_args())):
-    start = time.perf_counter()
-    fn.lower(*fargs).compile()
-    out[f"{name}_compile_s"] = round(time.perf_counter() - start, 2)
-  return out
-
-
-def main():
-  args = timing.parse_args(__doc__.splitlines()[0])
-  if args.cache_dir:
-    jax.config.update("jax_compilation_cache_dir", args.cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  s = Setup(args.size)
-  run = {"train": run_train, "sample": run_sample, "vae": run_vae, "compile": run_compile}[args.workload]
-  timing.emit({"system": "ours", "jax": jax.__version__, **run(s, args)})
-
-
 if __name__ == "__main__":
-  main()
+  jax_workloads.main(__doc__, Setup, {"system": "ours"})

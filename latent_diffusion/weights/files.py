@@ -30,6 +30,15 @@ def require_file(path: str | pathlib.Path, what: str) -> pathlib.Path:
   return path
 
 
+def weights_file(folder: str | pathlib.Path, names: tuple[str, ...], what: str) -> pathlib.Path:
+  """The first of `names` present in `folder` (preference order), else FileNotFoundError for the first."""
+  folder = pathlib.Path(folder)
+  for name in names:
+    if (folder / name).is_file():
+      return folder / name
+  return require_file(folder / names[0], f"{what} ({' or '.join(names)})")
+
+
 def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
   """name -> array of a .safetensors file (memory-mapped, read-only)."""
   path = require_file(path, "safetensors file")

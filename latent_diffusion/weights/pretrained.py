@@ -57,17 +57,10 @@ class PretrainedLDM:
     return self.unet_config["sample_size"] * self.vae_scale
 
 
-def _weights_file(folder: pathlib.Path) -> pathlib.Path:
-  for name in _DIFFUSERS_WEIGHTS:
-    if (folder / name).is_file():
-      return folder / name
-  return files.require_file(folder / _DIFFUSERS_WEIGHTS[0], f"{folder.name} weights")
-
-
 def _load_diffusers_model(folder: pathlib.Path, module_from_config, rules_fn, abstract_fn):
   config = files.read_json(folder / "config.json", f"{folder.name} config")
   module = module_from_config(config)
-  state = files.read_checkpoint(_weights_file(folder))
+  state = files.read_checkpoint(files.weights_file(folder, _DIFFUSERS_WEIGHTS, f"{folder.name} weights"))
   params = mapping.import_params(state, rules_fn(module), abstract_fn(module, config), source=str(folder))
   return module, params, config
 

@@ -145,14 +145,6 @@ def compvis_clip_rules(module: CLIPTextTransformer) -> list[Rule]:
   return hf_rules(module, _CLIP.prefix)
 
 
-def _weights_file(folder: pathlib.Path) -> pathlib.Path:
-  for name in ("model.safetensors", "pytorch_model.bin"):
-    if (folder / name).is_file():
-      return folder / name
-  return files.require_file(folder / "model.safetensors", "text encoder weights (model.safetensors or "
-                                                          "pytorch_model.bin)")
-
-
 def abstract_params(module: TextEncoder) -> dict:
   """Shapes of the (boxed, logically annotated) parameters of `module`, nothing computed."""
   ids = jnp.zeros((1, 1), jnp.int32)
@@ -167,7 +159,7 @@ def load_hf_text_encoder(folder: str | pathlib.Path, dtype: Any = jnp.float32) -
   """
   folder = pathlib.Path(folder)
   module = from_hf_config(files.read_json(folder / "config.json", "text encoder config.json"), dtype)
-  path = _weights_file(folder)
+  path = files.weights_file(folder, ("model.safetensors", "pytorch_model.bin"), "text encoder weights")
   state = files.read_checkpoint(path)
   arch = _architecture(module)
   prefix = arch.prefix if any(key.startswith(arch.prefix + ".") for key in state) else ""

@@ -1,0 +1,84 @@
+"""The timed workloads of the JAX systems (ours, diffusers-Flax), shared by both.
+
+A system module supplies a `Setup` with train_step() / train_args(), sample_fn() / sample_args(),
+encode_fn() / decode_fn() over images / vae_latents with vae_params, and cfg (batch sizes); this
+module compiles, times and reports them identically. Imports only jax and benchmarks/timing.py,
+so it runs in the peers' venvs too.
+"""
+
+import time
+
+import jax
+
+import timing
+
+
+def compiled_stats(compiled) -> dict:
+  """FLOPs (XLA cost analysis) and memory (bytes) of a compiled executable."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  mem = compiled.memory_analysis()
+  out = {"flops": float(cost.get("flops", 0.0))}
+  if mem is not None:
+    out.update(argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
+               temp_bytes=mem.temp_size_in_bytes, alias_bytes=mem.alias_size_in_bytes,
+               peak_bytes=mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+               - mem.alias_size_in_bytes)
+  return out
+
+
+def run_train(s, args) -> dict:
+  state, latents, context, key = s.train_args()
+  compiled = s.train_step().lower(state, latents, context, key).compile()
+  box = [state]
+
+  def run():
+    box[0], loss = compiled(box[0], latents, context, key)
+    loss.block_until_ready()
+
+  result = timing.measure(run, warmup=args.warmup, repeats=args.repeats)
+  result.update(compiled_stats(compiled), images_per_s=round(s.cfg["train_batch"] / result["median_s"], 3))
+  return result
+
+
+def run_sample(s, args) -> dict:
+  sargs = s.sample_args()
+  start = time.perf_counter()
+  compiled = s.sample_fn().lower(*sargs).compile()
+  compile_s = time.perf_counter() - start
+  result = timing.measure(lambda: compiled(*sargs).block_until_ready(), warmup=args.warmup, repeats=args.repeats)
+  result.update(compile_s=round(compile_s, 2), s_per_image=round(result["median_s"] / s.cfg["sample_batch"], 4),
+                flops=compiled_stats(compiled)["flops"])
+  return result
+
+
+def run_vae(s, args) -> dict:
+  out = {}
+  for name, fn, x in (("encode", s.encode_fn(), s.images), ("decode", s.decode_fn(), s.vae_latents)):
+    r = timing.measure(lambda f=fn, x=x: f(s.vae_params, x).block_until_ready(), warmup=args.warmup,
+                       repeats=args.repeats)
+    out[name] = {**r, "images_per_s": round(s.cfg["vae_batch"] / r["median_s"], 3)}
+  return out
+
+
+def run_compile(s, args) -> dict:
+  """Seconds to lower + compile the train step and the sampler (with the persistent cache if given)."""
+  out = {}
+  for name, fn, fargs in (("train", s.train_step(), s.train_args()), ("sample", s.sample_fn(), s.sample_args())):
+    start = time.perf_counter()
+    fn.lower(*fargs).compile()
+    out[f"{name}_compile_s"] = round(time.perf_counter() - start, 2)
+  return out
+
+
+WORKLOADS = {"train": run_train, "sample": run_sample, "vae": run_vae, "compile": run_compile}
+
+
+def main(doc: str, setup_cls, system_info: dict) -> None:
+  """Parses the shared flags, runs one workload of `setup_cls(size)` and prints its RESULT line."""
+  args = timing.parse_args(doc.splitlines()[0])
+  if args.cache_dir:
+    jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  timing.emit({**system_info, "jax": jax.__version__, **WORKLOADS[args.workload](setup_cls(args.size), args)})
