@@ -15,21 +15,23 @@ def _reference(q, k, v):
 
 def _inputs(t, s, seed=0):
   rng = np.random.default_rng(seed)
-  return [jnp.asarray(rng.normal(size=shape) * 2, jnp.float32) for shape in ((2, t, 3, 8), (2, s, 3, 8), (2, s, 3, 8))]
+  return [jnp.asarray(rng.normal(size=shape) * 2, jnp.float32) for shape in ((4, t, 3, 8), (4, s, 3, 8), (4, s, 3, 8))]
 
 
-@pytest.mark.parametrize("t, s, score_bytes", [(64, 64, 2 * 3 * 16 * 64 * 4), (64, 7, 2 * 3 * 16 * 7 * 4),
-                                               (40, 40, 2 * 3 * 8 * 40 * 4), (16, 16, 1 << 20)])
-def test_values_and_gradients_match_softmax_attention(t, s, score_bytes, monkeypatch):
-  """Blocks of 16 queries, cross-attention to few keys, blocks of 20 (T = 40), a single block; the
-  forward-only and the training block sizes both exercised."""
-  monkeypatch.setattr(attention, "FORWARD_SCORE_BYTES", score_bytes)
-  monkeypatch.setattr(attention, "TRAIN_SCORE_BYTES", 2 * score_bytes)
+@pytest.mark.parametrize("t, s, score_bytes, plan", [
+    (64, 64, 3 * 16 * 64 * 4, (1, 16)),       # blocks of 16 queries of one batch element
+    (64, 7, 3 * 32 * 7 * 4, (1, 32)),         # cross-attention to few keys
+    (40, 40, 3 * 20 * 40 * 4, (1, 20)),       # T = 40: blocks of 20
+    (64, 64, 2 * 3 * 64 * 64 * 4, (2, 64)),   # groups of 2 whole batch elements
+    (16, 16, 1 << 20, (4, 16))])              # a single block
+def test_values_and_gradients_match_softmax_attention(t, s, score_bytes, plan, monkeypatch):
+  monkeypatch.setattr(attention, "SCORE_BYTES", score_bytes)
   q, k, v = _inputs(t, s)
+  assert attention.block_shape(q.shape, s) == plan
   ours = attention.blocked_attention
   rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
   assert rel(jax.jit(ours)(q, k, v), _reference(q, k, v)) <= 1e-6
-  cotangent = jnp.asarray(np.random.default_rng(9).normal(size=(2, t, 3, 8)), jnp.float32)
+  cotangent = jnp.asarray(np.random.default_rng(9).normal(size=q.shape), jnp.float32)
   grads = [jax.jit(jax.grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v) * cotangent), argnums=(0, 1, 2)))(q, k, v)
            for f in (ours, _reference)]
   for got, want in zip(*grads):
@@ -43,9 +45,13 @@ def test_bfloat16_inputs_keep_their_dtype_and_stay_close():
   assert float(jnp.linalg.norm(low.astype(jnp.float32) - _reference(q, k, v)) / jnp.linalg.norm(_reference(q, k, v))) < 2e-2
 
 
-def test_block_rows_keep_scores_within_budget():
-  q, k = jnp.zeros((8, 1024, 8, 8)), jnp.zeros((8, 1024, 8, 8))
-  assert attention._rows(q, k, 16 << 20, 1 << 30) == 64         # 8 * 8 * 64 * 1024 * 4 bytes = 16 MiB
-  assert attention._rows(q, k[:, :77], 16 << 20, 1 << 30) == 256  # few keys: at least 4 blocks of T
-  assert attention._rows(q, k, 32 << 20, 128) == 128
-  assert attention._rows(q[:, :24], k, 1, 128) == 12              # halving stops once at most 16 rows
+def test_blocks_keep_scores_within_budget(monkeypatch):
+  monkeypatch.setattr(attention, "SCORE_BYTES", 4 << 20)
+  assert attention.block_shape((8, 1024, 8, 8), 1024) == (1, 128)    # 8 * 128 * 1024 * 4 bytes = 4 MiB
+  assert attention.block_shape((8, 1024, 8, 8), 77) == (1, 1024)     # one batch element's scores fit
+  assert attention.block_shape((8, 256, 8, 16), 256) == (2, 256)     # two batch elements fit
+  assert attention.block_shape((8, 256, 8, 16), 64) == (8, 256)      # everything fits: no loop
+  assert attention.block_shape((8, 256, 8, 16), 77) == (4, 256)
+  assert attention.block_shape((6, 256, 8, 16), 256) == (2, 256)    # groups divide the batch
+  monkeypatch.setattr(attention, "SCORE_BYTES", 1)
+  assert attention.block_shape((8, 24, 8, 8), 1024) == (1, 12)       # halving stops once at most 16 rows
