@@ -19,15 +19,15 @@ def _inputs(t, s, seed=0):
 
 
 @pytest.mark.parametrize("t, s, score_bytes, plan", [
-    (64, 64, 3 * 16 * 64 * 4, (1, 16)),       # blocks of 16 queries of one batch element
-    (64, 7, 3 * 32 * 7 * 4, (1, 32)),         # cross-attention to few keys
-    (40, 40, 3 * 20 * 40 * 4, (1, 20)),       # T = 40: blocks of 20
-    (64, 64, 2 * 3 * 64 * 64 * 4, (2, 64)),   # groups of 2 whole batch elements
-    (16, 16, 1 << 20, (4, 16))])              # a single block
+    (64, 64, 16 * 64 * 4, (1, 16)),           # blocks of 16 queries of one (batch, head) pair
+    (64, 7, 3 * 64 * 7 * 4, (3, 64)),         # cross-attention to few keys: 3 pairs per block
+    (40, 40, 20 * 40 * 4, (1, 20)),           # T = 40: blocks of 20
+    (64, 64, 2 * 64 * 64 * 4, (2, 64)),       # all queries of 2 pairs
+    (16, 16, 1 << 20, (12, 16))])             # a single block
 def test_values_and_gradients_match_softmax_attention(t, s, score_bytes, plan, monkeypatch):
   monkeypatch.setattr(attention, "SCORE_BYTES", score_bytes)
   q, k, v = _inputs(t, s)
-  assert attention.block_shape(q.shape, s) == plan
+  assert attention.block_shape(q.shape[0] * q.shape[2], t, s) == plan
   ours = attention.blocked_attention
   rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
   assert rel(jax.jit(ours)(q, k, v), _reference(q, k, v)) <= 1e-6
@@ -47,11 +47,10 @@ def test_bfloat16_inputs_keep_their_dtype_and_stay_close():
 
 def test_blocks_keep_scores_within_budget(monkeypatch):
   monkeypatch.setattr(attention, "SCORE_BYTES", 4 << 20)
-  assert attention.block_shape((8, 1024, 8, 8), 1024) == (1, 128)    # 8 * 128 * 1024 * 4 bytes = 4 MiB
-  assert attention.block_shape((8, 1024, 8, 8), 77) == (1, 1024)     # one batch element's scores fit
-  assert attention.block_shape((8, 256, 8, 16), 256) == (2, 256)     # two batch elements fit
-  assert attention.block_shape((8, 256, 8, 16), 64) == (8, 256)      # everything fits: no loop
-  assert attention.block_shape((8, 256, 8, 16), 77) == (4, 256)
-  assert attention.block_shape((6, 256, 8, 16), 256) == (2, 256)    # groups divide the batch
+  assert attention.block_shape(64, 1024, 1024) == (1, 1024)   # one (batch, head) pair: 1024 * 1024 * 4 bytes
+  assert attention.block_shape(64, 2048, 1024) == (1, 1024)   # too many queries for one block: halved
+  assert attention.block_shape(64, 1024, 77) == (8, 1024)     # 8 pairs fit
+  assert attention.block_shape(64, 256, 64) == (64, 256)      # everything fits: no loop
+  assert attention.block_shape(48, 256, 256) == (16, 256)     # groups divide the pairs
   monkeypatch.setattr(attention, "SCORE_BYTES", 1)
-  assert attention.block_shape((8, 24, 8, 8), 1024) == (1, 12)       # halving stops once at most 16 rows
+  assert attention.block_shape(64, 24, 1024) == (1, 12)       # halving stops once at most 16 rows
