@@ -13,13 +13,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from latent_diffusion.models.layers import dense, layer_norm
+from latent_diffusion.models.layers import dense, gelu, layer_norm
 
 Dtype = Any
 
 # transformers' `hidden_act` names -> the same function in JAX.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu": gelu,
     "gelu_new": lambda x: nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
     "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x),

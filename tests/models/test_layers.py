@@ -28,6 +28,39 @@ def test_multi_head_attention_matches_softmax_reference(random_params):
   assert "bias" not in p["to_q"]  # cross-attention projections have no bias (as LDM / diffusers)
 
 
+def test_self_attention_projects_q_k_v_together_with_the_same_weights(random_params):
+  """Self-attention runs to_q / to_k / to_v as one matmul; the result equals the three projections."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 6, 16)), jnp.float32)
+  attention = layers.MultiHeadAttention(num_heads=2, head_dim=4, qkv_bias=True)
+  params = random_params(attention, x)
+  p = params["params"]
+  proj = lambda name: (x @ p[name]["kernel"] + p[name]["bias"]).reshape(2, 6, 2, 4)
+  weights = jax.nn.softmax(jnp.einsum("bqnh,bknh->bnqk", proj("to_q"), proj("to_k")) / 2.0, axis=-1)
+  ref = jnp.einsum("bnqk,bknh->bqnh", weights, proj("to_v")).reshape(2, 6, 8) @ p["to_out"]["kernel"]
+  np.testing.assert_allclose(attention.apply(params, x), ref + p["to_out"]["bias"], rtol=1e-5, atol=1e-6)
+
+
+def test_linear_gradients_equal_autodiff_of_a_matmul():
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(3, 5, 8)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(8, 6)), jnp.float32)
+  cotangent = jnp.asarray(rng.normal(size=(3, 5, 6)), jnp.float32)
+  grads = [jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) * cotangent), argnums=(0, 1))(x, kernel)
+           for f in (layers.linear, jnp.dot)]
+  for got, want in zip(*grads):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="dimension numbers"):
+    layers._linear_dot_general(x, kernel.T, (((2,), (1,)), ((), ())))
+
+
+def test_gelu_is_the_exact_erf_gelu():
+  x = jnp.linspace(-12.0, 12.0, 2001)
+  np.testing.assert_allclose(layers.gelu(x), jax.nn.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(jax.vmap(jax.grad(layers.gelu))(x),
+                             jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(x), rtol=1e-5, atol=1e-6)
+
+
 def test_timestep_embedding_closed_form():
   t = jnp.array([0, 1, 500])
   emb = layers.timestep_embedding(t, 8)
