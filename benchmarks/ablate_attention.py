@@ -1,78 +1,87 @@
-"""Forward + backward seconds of one UNet self-attention (B, T, N, H) in several formulations.
+"""Forward and forward + backward seconds of one UNet attention (B, T, N, H) in several formulations.
 
-  python benchmarks/ablate_attention.py [--shape=8,1024,8,8] [--repeats=5]      # JAX variants (our .venv)
+  python benchmarks/ablate_attention.py [--shape=8,1024,8,8] [--keys=1024] [--score-mib=1,2,4,8] [--repeats=5]
   <diffusers_torch venv>/bin/python benchmarks/ablate_attention.py --torch      # torch SDPA reference
 
-The cpu-small UNet's level-0 self-attention is B=8, T=32*32, N=8 heads of H=8 channels; it dominates
-our train step (benchmarks/ablate_train_step.py: removing attention cuts the step ~4x). Variants:
-  xla          jax.nn.dot_product_attention (materialises the [B, N, T, T] scores, as layers.py now)
-  query_chunks lax.map over query blocks of `--chunk` rows, each block rematerialised in the backward
-               pass (jax.checkpoint): only [B, N, chunk, T] scores live at a time
-Prints `RESULT {json}`: median seconds per variant and the relative error against `xla`.
+The cpu-small UNet's level-0 self-attention is B=8, T=S=32*32, N=8 heads of H=8 channels. Variants:
+  xla        jax.nn.dot_product_attention (materialises the [B, N, T, S] scores)
+  ours[M]    latent_diffusion.models.attention.blocked_attention with blocks of M MiB of scores
+             (attention.SCORE_BYTES; the module's default is marked)
+Prints `RESULT {json}`: per variant the median seconds, the gradient's relative error against `xla`
+and the compiled temporaries.
 """
 
 import argparse
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import timing  # noqa: E402
 
 
-def query_chunked(chunk: int):
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-
-  def attention(q, k, v):
-    b, t, n, h = q.shape
-    blocks = jnp.moveaxis(q.reshape(b, t // chunk, chunk, n, h), 1, 0)            # [T/c, B, c, N, H]
-    block = jax.checkpoint(lambda qb: jax.nn.dot_product_attention(qb, k, v))
-    return jnp.moveaxis(jax.lax.map(block, blocks), 0, 1).reshape(b, t, n, h)
-  return attention
-
-
-def run_jax(shape, repeats, chunk) -> dict:
+def run_jax(shape, keys, budgets_mib, repeats) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  q, k, v = (jnp.asarray(np.random.default_rng(i).normal(size=shape), jnp.float32) for i in range(3))
-  variants = {"xla": jax.nn.dot_product_attention, "query_chunks": query_chunked(chunk)}
+  from latent_diffusion.models import attention  # pylint: disable=import-outside-toplevel
+
+  b, t, n, h = shape
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(b, length, n, h)), jnp.float32) for length in (t, keys, keys))
+  default_mib = attention.SCORE_BYTES >> 20
+  variants = {"xla": (jax.nn.dot_product_attention, None)}
+  variants.update({f"ours[{m}]" + ("*" if m == default_mib else ""): (attention.blocked_attention, m << 20)
+                   for m in budgets_mib})
   out, ref = {}, None
-  for name, fn in variants.items():
-    loss = lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v) ** 2)
-    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
-    value, grads = step(q, k, v)
+  for name, (fn, score_bytes) in variants.items():
+    if score_bytes is not None:
+      attention.SCORE_BYTES = score_bytes
+      jax.clear_caches()                             # the block plan is read while tracing
+    forward = jax.jit(fn)
+    step = jax.jit(jax.value_and_grad(lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v) ** 2), argnums=(0, 1, 2)))
+    grads = step(q, k, v)[1]
     ref = grads if ref is None else ref
     err = max(float(jnp.linalg.norm(g - r) / jnp.linalg.norm(r)) for g, r in zip(grads, ref))
-    r = timing.measure(lambda s=step: jax.block_until_ready(s(q, k, v)), warmup=1, repeats=repeats)
+    fwd = timing.measure(lambda f=forward: jax.block_until_ready(f(q, k, v)), warmup=1, repeats=repeats)
+    both = timing.measure(lambda s=step: jax.block_until_ready(s(q, k, v)), warmup=1, repeats=repeats)
     temp = step.lower(q, k, v).compile().memory_analysis().temp_size_in_bytes
-    out[name] = {"median_s": r["median_s"], "min_s": r["min_s"], "grad_rel_err": err, "temp_mb": round(temp / 1e6)}
+    out[name] = {"forward_s": fwd["median_s"], "forward_backward_s": both["median_s"], "grad_rel_err": err,
+                 "temp_mb": round(temp / 1e6)}
   return out
 
 
-def run_torch(shape, repeats) -> dict:
+def run_torch(shape, keys, repeats) -> dict:
   import torch  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(2)
   b, t, n, h = shape
-  q, k, v = (torch.randn(b, n, t, h, requires_grad=True) for _ in range(3))
+  q = torch.randn(b, n, t, h, requires_grad=True)
+  k, v = (torch.randn(b, n, keys, h, requires_grad=True) for _ in range(2))
+
+  def forward():
+    with torch.inference_mode():
+      torch.nn.functional.scaled_dot_product_attention(q, k, v)
 
   def step():
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    (out ** 2).sum().backward()
-  r = timing.measure(step, warmup=1, repeats=repeats)
-  return {"torch_sdpa": {"median_s": r["median_s"], "min_s": r["min_s"]}}
+    (torch.nn.functional.scaled_dot_product_attention(q, k, v) ** 2).sum().backward()
+  fwd = timing.measure(forward, warmup=1, repeats=repeats)
+  both = timing.measure(step, warmup=1, repeats=repeats)
+  return {"torch_sdpa": {"forward_s": fwd["median_s"], "forward_backward_s": both["median_s"]}}
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--shape", default="8,1024,8,8")
+  parser.add_argument("--shape", default="8,1024,8,8", help="B,T,N,H of the queries")
+  parser.add_argument("--keys", type=int, default=0, help="S (default: T, self-attention)")
+  parser.add_argument("--score-mib", default="1,2,4,8")
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--chunk", type=int, default=128)
   parser.add_argument("--torch", action="store_true")
   args = parser.parse_args()
   shape = tuple(int(s) for s in args.shape.split(","))
-  timing.emit(run_torch(shape, args.repeats) if args.torch else run_jax(shape, args.repeats, args.chunk))
+  keys = args.keys or shape[1]
+  budgets = [int(m) for m in args.score_mib.split(",")]
+  timing.emit(run_torch(shape, keys, args.repeats) if args.torch else run_jax(shape, keys, budgets, args.repeats))
 
 
 if __name__ == "__main__":

@@ -104,10 +104,11 @@ def markdown(results: dict) -> str:
     meshes = {n: m for n, m in memory.items() if isinstance(m, dict) and "peak_bytes" in m}
     lines += [f"| {n} | {m['state_bytes_device0'] / 1e6:.0f} | {m['peak_bytes'] / 1e6:.0f} "
               f"| {m['temp_bytes'] / 1e6:.0f} |" for n, m in meshes.items()]
-  encode = _get(w, "encode", "ours")
-  if encode and "overhead_pct" in encode:
-    lines += ["", f"Pre-encoding job: {encode['job_images_per_s']} images/s vs bare encoder "
-              f"{encode['bare_encoder_images_per_s']} images/s: overhead {encode['overhead_pct']}% (target <= 10%)."]
+  for encode in w.get("encode", {}).values():
+    if isinstance(encode, dict) and "overhead_pct" in encode:
+      lines += ["", f"Pre-encoding job, {encode['size']} px images, encoder {encode['channels']}: "
+                f"{encode['job_images_per_s']} images/s vs bare encoder {encode['bare_encoder_images_per_s']} "
+                f"images/s: overhead {encode['overhead_pct']}% (target <= 10%)."]
   errors = [f"{wl}/{s}" for wl, per in w.items() for s, r in per.items() if isinstance(r, dict) and "error" in r]
   if errors:
     lines += ["", "Failed: " + ", ".join(errors) + " (see results.json)."]

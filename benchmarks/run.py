@@ -70,10 +70,14 @@ def run_workload(workload: str, args) -> dict:
   if workload == "memory":
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     return {"ours": run_process([OURS_PYTHON, HERE / "fsdp_memory.py", f"--size={args.size}"], env)}
-  if workload == "encode":
-    result = run_process([OURS_PYTHON, HERE / "encode_overhead.py"],
-                         result_file=HERE / "results" / "encode_overhead.json")
-    return {"ours": result}
+  if workload == "encode":  # the size's VAE on its images, and a tiny encoder on 64 px images (worst case)
+    out = {}
+    for key, flags in ((f"ours[{args.size}]", [f"--vae-size={args.size}", "--images=64", "--batch=4"]),
+                       ("ours[64px]", [])):
+      result_file = HERE / "results" / f"encode_overhead_{key[5:-1]}.json"
+      out[key] = run_process([OURS_PYTHON, HERE / "encode_overhead.py", *flags, f"--out={result_file}"],
+                             result_file=result_file)
+    return out
   out = {}
   for system in args.systems:
     if workload == "compile":
