@@ -71,6 +71,17 @@ class Setup:
 
     return jax.jit(step, donate_argnums=0)
 
+  def model_flops(self) -> float:
+    """FLOPs of the train step with unblocked attention (jax.nn.dot_product_attention), from XLA's cost
+    analysis of the lowered step: for the step we run it counts the blocked attention's loop bodies once."""
+    from latent_diffusion.models import layers  # pylint: disable=import-outside-toplevel
+    blocked, layers.dot_product_attention = layers.dot_product_attention, jax.nn.dot_product_attention
+    try:
+      cost = self.train_step().lower(*self.train_args()).cost_analysis()
+    finally:
+      layers.dot_product_attention = blocked
+    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
   def train_args(self):
     return (self.unet_params, self.tx.init(self.unet_params)), self.latents, self.context, jax.random.key(2)
 
