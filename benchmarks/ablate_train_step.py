@@ -5,6 +5,8 @@
 For each variant: compile our stage-2 train step (benchmarks/systems/ours.py) with the patch applied,
 then time it; the timed calls of all variants are interleaved round-robin so machine load hits them
 alike. Prints one `RESULT {json}` line: per variant the median step seconds, FLOPs and temp bytes.
+Compare variants with each other only: executables that take turns evict each other's working
+sets, so absolute times are higher than run.py's (1.79 s vs 1.31 s for the baseline here).
 Variants (patches of the functions latent_diffusion.models.layers calls):
   baseline       as shipped: models.attention.dot_product_attention (blocked on CPU), erf-form GELU
   xla_attention  jax.nn.dot_product_attention (XLA's implementation, full score tensors)
