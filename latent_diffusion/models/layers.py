@@ -59,12 +59,17 @@ def _linear_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_e
   return linear(lhs, rhs)
 
 
+def _dense_inits(names: tuple[str, str], zero_init: bool = False):
+  """(kernel_init, bias_init) of a dense layer with logical axes `names` (bias: the output axis)."""
+  init = _zeros if zero_init else nn.initializers.lecun_normal()
+  return nn.with_logical_partitioning(init, names), nn.with_logical_partitioning(_zeros, names[1:])
+
+
 def dense(features: int, names: tuple[str, str] = ("embed", "mlp"), *, name: str, dtype: Dtype,
           use_bias: bool = True, zero_init: bool = False) -> nn.Dense:
-  init = _zeros if zero_init else nn.initializers.lecun_normal()
+  kernel_init, bias_init = _dense_inits(names, zero_init)
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name, dot_general=_linear_dot_general,
-                  kernel_init=nn.with_logical_partitioning(init, names),
-                  bias_init=nn.with_logical_partitioning(_zeros, names[1:]))
+                  kernel_init=kernel_init, bias_init=bias_init)
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -82,10 +87,9 @@ class DenseWeights(nn.Module):
 
   @nn.compact
   def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array | None]:
-    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), self.names),
-                        (in_features, self.features))
-    bias = self.param("bias", nn.with_logical_partitioning(_zeros, self.names[1:]), (self.features,)) if self.use_bias else None
-    return kernel, bias
+    kernel_init, bias_init = _dense_inits(self.names)
+    kernel = self.param("kernel", kernel_init, (in_features, self.features))
+    return kernel, self.param("bias", bias_init, (self.features,)) if self.use_bias else None
 
 
 def dense_together(x: jax.Array, weights: list[tuple[jax.Array, jax.Array | None]], dtype: Dtype) -> list[jax.Array]:
