@@ -7,7 +7,7 @@ Not meant to be run as is: a variant picks the data set, sizes and step counts, 
 import ml_collections
 
 
-def optimizer(lr: float, warmup_steps: int) -> ml_collections.ConfigDict:
+def optimizer(lr: float, warmup_steps: int, b1: float = 0.9, b2: float = 0.999) -> ml_collections.ConfigDict:
   """AdamW with linear warmup then cosine decay, global-norm gradient clipping."""
   return ml_collections.ConfigDict(dict(
       # Peak learning rate, reached after warmup_steps.
@@ -18,8 +18,8 @@ def optimizer(lr: float, warmup_steps: int) -> ml_collections.ConfigDict:
       schedule="cosine",
       final_lr_fraction=0.1,
       # Adam moments and decoupled weight decay.
-      b1=0.9,
-      b2=0.999,
+      b1=b1,
+      b2=b2,
       weight_decay=0.0,
       # Clip gradients to this global L2 norm (0 disables).
       grad_clip=1.0,
@@ -66,28 +66,60 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   config.data = ml_collections.ConfigDict(dict(
-      # Data set by name (latent_diffusion.data.DATASETS).
+      # Data set by name (latent_diffusion.data.DATASETS): digits | sample_photos | tar_shards | image_folder | tfds.
       name="digits",
-      # Square image side in pixels after resizing.
+      # Square image side in pixels after resizing / cropping.
       image_size=16,
       # Global batch size (split over the data x fsdp mesh axes).
       batch_size=64,
-      # Examples held out for validation.
+      # digits: examples held out for validation.
       val_examples=297,
       # Number of classes of the labels (class-conditional models add one 'null' class for CFG).
       num_classes=10,
+      # tar_shards / image_folder / tfds: where each split is read from: a shard pattern
+      # ('laion/{00000..00127}.tar'), a class-folder root (root/<class>/*.jpg) or a TFDS split spec
+      # ('train', 'validation[:1000]').
+      train_path=ml_collections.config_dict.placeholder(str),
+      val_path=ml_collections.config_dict.placeholder(str),
+      # tar_shards: folder for the per-shard member indexes (None: next to each shard).
+      index_cache_dir=ml_collections.config_dict.placeholder(str),
+      # tfds: the prepared data set ('imagenet2012', 'imagenet2012:5.1.0'; ArrayRecord format) and its
+      # data_dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets). Nothing is downloaded.
+      tfds_name=ml_collections.config_dict.placeholder(str),
+      tfds_data_dir=ml_collections.config_dict.placeholder(str),
+      # tar_shards / image_folder / tfds: the shorter side is resized to image_size, then an image_size
+      # square is cut at the 'center' or a 'random' place. flip (also sample_photos): mirror left-right w.p. 1/2.
+      crop="center",
+      flip=False,
+      # tar_shards / image_folder / tfds: records whose shorter side is below min_size pixels, or whose
+      # longer / shorter side exceeds max_aspect_ratio, are skipped (and counted by reason).
+      min_size=0,
+      max_aspect_ratio=float("inf"),
+      # Seed of the random crops and flips (per record and epoch).
+      seed=0,
+      # sample_photos: real photographs shipped with scikit-image and scikit-learn, split by photo (names
+      # from latent_diffusion.data.sample_photos.PHOTOS). Training examples are random image_size crops
+      # at the photos' own resolution, crops_per_photo per photo and epoch; validation examples are the
+      # non-overlapping image_size tiles of the validation photos.
+      train_photos=("astronaut", "chelsea", "rocket", "china", "motorcycle_left", "motorcycle_right",
+                    "immunohistochemistry", "hubble_deep_field"),
+      val_photos=("coffee", "flower"),
+      crops_per_photo=256,
   ))
 
   config.autoencoder = ml_collections.ConfigDict(dict(
+      # Latent regularization: 'kl' (AutoencoderKL, a Gaussian posterior) | 'vq' (VQModel, a codebook).
+      regularization="kl",
       model=dict(
-          # Image channels in and out.
+          # Image channels in and out (must equal the data's: 1 for digits, 3 for photos).
           in_channels=1,
           # Base channels and per-level multipliers; downsampling factor f = 2**(len(ch_mult)-1).
           ch=128,
           ch_mult=(1, 2, 4, 4),
           num_res_blocks=2,
-          # Latent channels.
+          # Encoder output / decoder input channels.
           z_channels=4,
+          # Latent channels (KL) or codebook vector width (VQ).
           embed_dim=4,
           # GroupNorm groups.
           groups=32,
@@ -95,13 +127,76 @@ def get_config() -> ml_collections.ConfigDict:
           # Compute dtype: float32 | bfloat16 (TPU/GPU); parameters stay float32.
           dtype="float32",
       ),
-      loss=dict(
-          # Pixel reconstruction loss by name (latent_diffusion.training.autoencoder.RECONSTRUCTION_LOSSES).
-          reconstruction="l1",
-          # Weight of the KL(posterior || N(0, I)) term, summed over latent elements per image.
-          kl_weight=1e-6,
+      vq=dict(
+          # Codebook size (the paper's VQ-f4 uses 8192).
+          num_embeddings=8192,
+          # Weight of the commitment term ||h - sg(q)||^2 (VQ-VAE's beta).
+          beta=0.25,
+          # True puts beta on the codebook term instead, as taming-transformers' VectorQuantizer2 does by
+          # default (the released LDM VQ checkpoints were trained so); False is the VQ-VAE paper's loss.
+          legacy=False,
+          # How the codebook learns: 'loss' (gradient of the codebook term, as LDM) | 'ema' (exponential
+          # moving averages of the assigned latents, VQ-VAE-2; the codebook term is then dropped).
+          codebook_update="loss",
+          # Decay of the codebook statistics (per-code assignment counts, and the EMA codebook).
+          ema_decay=0.99,
+          # Laplace smoothing of the EMA cluster sizes.
+          ema_epsilon=1e-5,
+          # Replace codes whose EMA assignment count per step falls below dead_code_threshold by random
+          # encoder outputs of the batch (0 disables). A code's expected count is latents per batch / num_embeddings.
+          dead_code_threshold=0.0,
       ),
-      optim=optimizer(lr=4.5e-6 * 64, warmup_steps=500),
+      loss=dict(
+          # Per-pixel reconstruction term by name (latent_diffusion.training.autoencoder_loss.RECONSTRUCTION_LOSSES).
+          reconstruction="l1",
+          # Weight of the LPIPS distance added to every pixel's term (the paper: 1.0; needs autoencoder.lpips files).
+          perceptual_weight=0.0,
+          # KL: weight of KL(posterior || N(0, I)), summed over latent elements per image (the paper: 1e-6).
+          kl_weight=1e-6,
+          # VQ: weight of the quantizer's codebook + commitment loss.
+          codebook_weight=1.0,
+          # KL: the reconstruction NLL is rec / exp(logvar) + logvar per pixel, with a scalar logvar starting
+          # here. CompVis declares it a parameter but gives it to no optimizer (it stays at logvar_init);
+          # learn_logvar=True trains it with the autoencoder optimizer.
+          logvar_init=0.0,
+          learn_logvar=False,
+          # PatchGAN weight multiplying the adaptive weight (the paper: 0.5); 0 builds no discriminator.
+          disc_weight=0.0,
+          # The GAN terms (generator and discriminator) are zero before this optimizer step (the paper: 50001).
+          disc_start=50_001,
+          # Factor of both GAN losses once on.
+          disc_factor=1.0,
+          # Discriminator loss by name: hinge | vanilla (DISCRIMINATOR_LOSSES).
+          disc_loss="hinge",
+          # Clamp of the gradient-norm ratio of the adaptive weight.
+          max_adaptive_weight=1e4,
+      ),
+      discriminator=dict(
+          # NLayerDiscriminator width and stride-2 layers (3: 70x70 patches; images need sides >= 3 * 2**num_layers).
+          ch=64,
+          num_layers=3,
+          # Compute dtype: float32 | bfloat16; parameters stay float32.
+          dtype="float32",
+      ),
+      lpips=dict(
+          # Local LPIPS weights (perceptual loss and the LPIPS metric; nothing is downloaded): a torchvision VGG16
+          # state dict (vgg16-397923af.pth) and the lpips v0.1 heads (lpips/weights/v0.1/vgg.pth of the lpips
+          # package); .pth needs torch, or convert both to .safetensors.
+          vgg_path=ml_collections.config_dict.placeholder(str),
+          heads_path=ml_collections.config_dict.placeholder(str),
+      ),
+      # Keep an EMA of the autoencoder parameters (config.autoencoder.loop.ema_decay); evaluation and later
+      # stages use it. False (as LDM's autoencoders): no EMA copy, the trained parameters are used.
+      use_ema=True,
+      # Autoencoder (+ logvar) optimizer; the paper: Adam(4.5e-6 * batch size, b1=0.5, b2=0.9), constant.
+      optim=optimizer(lr=4.5e-6 * 64, warmup_steps=500, b1=0.5, b2=0.9),
+      # Discriminator optimizer (the paper: as the autoencoder's).
+      disc_optim=optimizer(lr=4.5e-6 * 64, warmup_steps=0, b1=0.5, b2=0.9),
+      # Validation during training (every loop.eval_every_steps, and at the end): PSNR, SSIM, LPIPS (with
+      # lpips weights), codebook usage (VQ) over at most this many validation images, and a grid of
+      # originals over reconstructions of the first grid_images to TensorBoard.
+      eval_examples=512,
+      grid_images=8,
       loop=loop(train_steps=100_000),
   ))
 

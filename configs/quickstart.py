@@ -21,6 +21,8 @@ def get_config():
   ae.model.num_res_blocks = 1
   ae.model.groups = 8
   ae.optim.lr = 2e-3
+  # L1 + KL only (no GAN): AdamW's usual moments rather than the paper's GAN-stable (0.5, 0.9).
+  ae.optim.b1, ae.optim.b2 = 0.9, 0.999
   ae.optim.warmup_steps = 100
   ae.loop.train_steps = 1000
   ae.loop.eval_every_steps = 500

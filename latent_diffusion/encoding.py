@@ -101,7 +101,7 @@ def make_encode_fn(ae: AutoencoderKL, output: str, dtype: str, seed: int, mesh, 
   root = jax.random.key(seed)
 
   def encode(params, images, records):
-    posterior = ae.apply({"params": params}, images, method=AutoencoderKL.encode)
+    posterior = ae.apply({"params": params}, images, method="latent_distribution")
     if output == "sample":
       keys = jax.vmap(lambda r: jax.random.fold_in(root, r))(records)
       noise = jax.vmap(lambda k: jax.random.normal(k, posterior.mean.shape[1:], posterior.mean.dtype))(keys)

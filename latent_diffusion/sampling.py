@@ -41,7 +41,7 @@ def make_generate_fn(unet: UNet, ae: AutoencoderKL, schedule: NoiseSchedule, sam
     else:
       cond, uncond = {"y": labels}, {"y": jnp.full_like(labels, null_label)}
     z0 = sampler(model_fn, schedule, x_T, sampler_rng, cond=cond, uncond=uncond, **options)
-    images = ae.apply({"params": ae_params}, z0 / scale_factor, method=AutoencoderKL.decode)
+    images = ae.apply({"params": ae_params}, z0 / scale_factor, method="decode")  # VQ: quantizes first
     return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
 
   return generate

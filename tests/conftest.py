@@ -5,7 +5,15 @@ import pathlib
 
 import pytest
 
+from configs import base
 from latent_diffusion import configuration, pipeline
+
+
+def data_config(**fields):
+  """configs/base.py's data options with `fields` changed (every option the pipelines read is declared there)."""
+  config = base.get_config().data
+  config.update(fields)
+  return config
 
 
 def tiny_config(*overrides: str):

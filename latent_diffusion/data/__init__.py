@@ -8,8 +8,9 @@ import grain
 import numpy as np
 
 from latent_diffusion.data import images
-from latent_diffusion.data.digits import load_digits_split, make_digits_dataset
+from latent_diffusion.data.digits import SPLITS, load_digits_split, make_digits_dataset
 from latent_diffusion.data.image_folder import ImageFolderSource
+from latent_diffusion.data.sample_photos import make_sample_photos_dataset
 from latent_diffusion.data.tar_shards import TarShardSource
 from latent_diffusion.data.tfds_source import TfdsSource
 
@@ -25,10 +26,10 @@ def from_arrays(arrays: dict[str, np.ndarray]) -> grain.MapDataset:
 
 # Image data set name -> fn(path of one split, data_config) returning a record source.
 IMAGE_SOURCES = {
-    "tar_shards": lambda path, cfg: TarShardSource(path, cache_dir=cfg.get("index_cache_dir")),
+    "tar_shards": lambda path, cfg: TarShardSource(path, cache_dir=cfg.index_cache_dir),
     "image_folder": lambda path, cfg: ImageFolderSource(path),
     # path: the TFDS split spec (e.g. 'validation[:1000]') of the prepared data set cfg.tfds_name.
-    "tfds": lambda path, cfg: TfdsSource(cfg.get("tfds_name"), path, data_dir=cfg.get("tfds_data_dir")),
+    "tfds": lambda path, cfg: TfdsSource(cfg.tfds_name, path, data_dir=cfg.tfds_data_dir),
 }
 
 
@@ -37,25 +38,27 @@ def make_image_dataset(data_config, split: str) -> grain.MapDataset:
   'laion/{00000..00127}.tar'), a class-folder root ('image_folder') or a TFDS split spec ('tfds',
   e.g. 'validation[:1000]', with data_config.tfds_name and tfds_data_dir; ArrayRecord format).
 
-  Examples {'image': float32 [S, S, 3] in [-1, 1], 'label' (image_folder, tfds)}; optional config keys:
-  crop ('center' | 'random'), flip, min_size, max_aspect_ratio, seed, index_cache_dir. Undecodable
-  or filtered records are dropped and counted (see latent_diffusion.data.images).
+  Examples {'image': float32 [S, S, 3] in [-1, 1], 'label' (image_folder, tfds)}, transformed by
+  data_config.crop ('center' | 'random'), flip, min_size, max_aspect_ratio and seed (configs/base.py).
+  Undecodable or filtered records are dropped and counted (see latent_diffusion.data.images).
   """
-  path = data_config.get(f"{split}_path")
+  if split not in SPLITS:
+    raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+  path = data_config[f"{split}_path"]
   if not path:
     raise ValueError(f"config.data.{split}_path is not set: data set {data_config.name!r} reads split {split!r} "
                      "from it (a shard pattern for 'tar_shards', a class-folder root for 'image_folder', a split "
                      "spec for 'tfds').")
   source = IMAGE_SOURCES[data_config.name](path, data_config)
   return images.image_dataset(
-      source, image_size=data_config.image_size, crop=data_config.get("crop", "center"),
-      flip=data_config.get("flip", False), seed=data_config.get("seed", 0), min_size=data_config.get("min_size", 0),
-      max_aspect_ratio=data_config.get("max_aspect_ratio", float("inf")),
+      source, image_size=data_config.image_size, crop=data_config.crop, flip=data_config.flip, seed=data_config.seed,
+      min_size=data_config.min_size, max_aspect_ratio=data_config.max_aspect_ratio,
       skips=images.SkipCounter(f"{data_config.name}/{split}"))
 
 
 # Data set name -> fn(data_config, split) returning a finite grain MapDataset of example dicts.
-DATASETS = {"digits": make_digits_dataset, **{name: make_image_dataset for name in IMAGE_SOURCES}}
+DATASETS = {"digits": make_digits_dataset, "sample_photos": make_sample_photos_dataset,
+            **{name: make_image_dataset for name in IMAGE_SOURCES}}
 
 
 def make_dataset(data_config, split: str) -> grain.MapDataset:

@@ -23,6 +23,11 @@ class DiagonalGaussian:
     """The posterior with logvar clipped to [-30, 20] (numerically safe exp)."""
     return cls(mean=mean, logvar=jnp.clip(logvar, -30.0, 20.0))
 
+  @classmethod
+  def point_mass(cls, mean: jax.Array) -> "DiagonalGaussian":
+    """The deterministic 'posterior' at mean (logvar -inf): sample() and mode() both return mean exactly."""
+    return cls(mean=mean, logvar=jnp.full_like(mean, -jnp.inf))
+
   @property
   def std(self) -> jax.Array:
     return jnp.exp(0.5 * self.logvar)
@@ -174,6 +179,10 @@ class AutoencoderKL(_ConvAutoencoder):
     mean, logvar = jnp.split(moments, 2, axis=-1)
     return DiagonalGaussian.from_moments(mean, logvar)
 
+  def latent_distribution(self, x: jax.Array, deterministic: bool = True) -> DiagonalGaussian:
+    """What stage 2 diffuses (shared by both autoencoders): here q(z | x), see `encode`."""
+    return self.encode(x, deterministic)
+
   def decode(self, z: jax.Array, deterministic: bool = True) -> jax.Array:
     """z [B, h, w, embed_dim] -> images [B, h*f, w*f, out_channels] (unclipped)."""
     if self.post_quant_conv is not None:
@@ -264,6 +273,11 @@ class VQModel(_ConvAutoencoder):
     """x [B, H, W, in_channels] in [-1, 1] -> pre-quantization latents h [B, H/f, W/f, embed_dim]."""
     self._check_image(x)
     return self.quant_conv(self.encoder(x, deterministic))
+
+  def latent_distribution(self, x: jax.Array, deterministic: bool = True) -> DiagonalGaussian:
+    """What stage 2 diffuses (shared by both autoencoders): the pre-quantization latents h as a point mass.
+    As in the paper's VQ-regularized LDMs, diffusion runs on h and `decode` quantizes its samples."""
+    return DiagonalGaussian.point_mass(self.encode(x, deterministic))
 
   def quantize(self, h: jax.Array) -> Quantized:
     """Latents h [B, h, w, embed_dim] -> their nearest codes, the VQ loss and the code indices."""

@@ -77,7 +77,7 @@ def encode_split(config, ae: AutoencoderKL, ae_params, split: str, batch_size: i
 
   One compiled encoder call per batch; the last batch is padded so that it compiles once.
   """
-  encode = jax.jit(lambda p, x: ae.apply({"params": p}, x, method=AutoencoderKL.encode))
+  encode = jax.jit(lambda p, x: ae.apply({"params": p}, x, method="latent_distribution"))
   columns: dict[str, list] = {}
   for batch in data.make_dataset(config.data, split).to_iter_dataset().batch(batch_size):
     n = len(batch["image"])

@@ -19,8 +19,8 @@ from clu import metric_writers, periodic_actions
 from latent_diffusion import parallel
 from latent_diffusion.training.checkpoint import StageCheckpoints
 
-# (state, batch, rng) -> (state, {name: scalar}); rng is the stage's root key (fold in state.step).
-StepFn = Callable[[Any, dict, jax.Array], tuple[Any, dict]]
+# (state, batch, rng[, constants]) -> (state, {name: scalar}); rng is the stage's root key (fold in state.step).
+StepFn = Callable[..., tuple[Any, dict]]
 
 
 @dataclasses.dataclass
@@ -37,9 +37,12 @@ class Stage:
   rng: jax.Array
   seed: int                           # data shuffling
   meta: dict                          # JSON-able constants saved with every checkpoint
-  eval_fn: Callable[[Any], dict] | None = None   # state -> {name: float}
+  eval_fn: Callable[[Any], dict] | None = None   # state -> {name: float, or images [N, H, W, C] in [0, 1]}
   mesh: Any = None
   mesh_config: Any = None
+  # Read-only arrays the step takes as a 4th argument (e.g. frozen LPIPS weights): replicated on the mesh,
+  # neither donated nor checkpointed. None: the step takes (state, batch, rng).
+  constants: Any = None
 
 
 def batch_iterator(dataset: grain.MapDataset, global_batch_size: int, seed: int) -> grain.DatasetIterator:
@@ -56,14 +59,21 @@ def batch_iterator(dataset: grain.MapDataset, global_batch_size: int, seed: int)
   return iter(local.batch(global_batch_size // count, drop_remainder=True))
 
 
-def compile_step(step_fn: StepFn, rng: jax.Array, state_shardings, mesh, mesh_config):
+def compile_step(step_fn: StepFn, rng: jax.Array, state_shardings, mesh, mesh_config, constants: Any = None):
   """jit(state, batch) -> (state, metrics): state sharded by its rules and donated, batch split
-  over 'batch'. The root key enters as a compile-time constant, identical on every process."""
+  over 'batch'. The root key enters as a compile-time constant, identical on every process; `constants`
+  (if any) are placed replicated once and passed to every call as arguments, not baked into the program."""
   key_data = np.asarray(jax.random.key_data(rng))
-  step = lambda state, batch: step_fn(state, batch, jax.random.wrap_key_data(key_data))
-  return jax.jit(step, donate_argnums=0,
-                 in_shardings=(state_shardings, parallel.batch_sharding(mesh, mesh_config)),
-                 out_shardings=(state_shardings, parallel.replicated(mesh)))
+  key = lambda: jax.random.wrap_key_data(key_data)
+  shardings = (state_shardings, parallel.batch_sharding(mesh, mesh_config))
+  out_shardings = (state_shardings, parallel.replicated(mesh))
+  if constants is None:
+    return jax.jit(lambda state, batch: step_fn(state, batch, key()), donate_argnums=0, in_shardings=shardings,
+                   out_shardings=out_shardings)
+  step = jax.jit(lambda state, batch, consts: step_fn(state, batch, key(), consts), donate_argnums=0,
+                 in_shardings=shardings + (parallel.replicated(mesh),), out_shardings=out_shardings)
+  placed = jax.device_put(constants, parallel.replicated(mesh))
+  return lambda state, batch: step(state, batch, placed)
 
 
 def _is_finite(metrics: dict) -> bool:
@@ -91,7 +101,8 @@ def train_stage(stage: Stage) -> tuple[Any, dict, list[dict]]:
     return state, meta, []
 
   batch_sharding = parallel.batch_sharding(stage.mesh, stage.mesh_config)
-  step_fn = compile_step(stage.step_fn, stage.rng, stage.state_shardings, stage.mesh, stage.mesh_config)
+  step_fn = compile_step(stage.step_fn, stage.rng, stage.state_shardings, stage.mesh, stage.mesh_config,
+                         stage.constants)
   writer = metric_writers.create_default_writer(
       str(stage.workdir / "tensorboard"), just_logging=jax.process_index() > 0, collection=stage.name)
   progress = periodic_actions.ReportProgress(num_train_steps=cfg.train_steps, writer=writer,
@@ -112,7 +123,7 @@ def train_stage(stage: Stage) -> tuple[Any, dict, list[dict]]:
       history.append({"step": step, **means})
       sums, count = None, 0
     if stage.eval_fn is not None and (step % cfg.eval_every_steps == 0 or step == cfg.train_steps):
-      writer.write_scalars(step, {f"val/{k}": v for k, v in stage.eval_fn(state).items()})
+      write_evaluation(writer, step, stage.eval_fn(state))
     if step % cfg.checkpoint_every_steps == 0 or step == cfg.train_steps:
       meta = {**meta, "data_iterator": batches.get_state()}
       checkpoints.save(step, state, meta)
@@ -120,6 +131,14 @@ def train_stage(stage: Stage) -> tuple[Any, dict, list[dict]]:
   checkpoints.wait()
   checkpoints.close()
   return state, meta, history
+
+
+def write_evaluation(writer, step: int, results: dict) -> None:
+  """Scalars as val/<name>; 4-D arrays (image batches [N, H, W, C] in [0, 1]) as TensorBoard images."""
+  images = {f"val/{k}": v for k, v in results.items() if np.ndim(v) == 4}
+  writer.write_scalars(step, {f"val/{k}": v for k, v in results.items() if np.ndim(v) != 4})
+  if images:
+    writer.write_images(step, images)
 
 
 def loss_summary(history: list[dict]) -> dict:

@@ -69,25 +69,37 @@ def _microbatches(batch: dict, count: int) -> dict:
   return jax.tree.map(split, batch)
 
 
-def accumulated_gradients(loss_fn: LossFn, params, batch: dict, rng: jax.Array, microbatches: int = 1):
-  """(grads, metrics) of loss_fn averaged over `microbatches` slices of the batch.
+def mean_over_microbatches(fn: Callable[[dict, jax.Array | int], Any], batch: dict, microbatches: int = 1):
+  """The mean of fn(slice_i, i) over `microbatches` slices of the batch (any pytree of arrays).
 
-  One lax.scan inside the jitted step: the same update as the whole batch at once (for losses that
-  are means over examples) with the activation memory of one slice. Microbatch i uses fold_in(rng, i).
+  One lax.scan inside the jitted step: for outputs that are means over examples (losses, gradients) the same
+  result as fn(batch, 0) with the activation memory of one slice.
   """
-  grad_fn = jax.grad(loss_fn, has_aux=True)
   if microbatches == 1:
-    return grad_fn(params, batch, rng)
+    return fn(batch, 0)
   slices = _microbatches(batch, microbatches)
 
   def accumulate(total, xs):
     i, micro = xs
-    return jax.tree.map(jnp.add, total, grad_fn(params, micro, jax.random.fold_in(rng, i))), None
+    return jax.tree.map(jnp.add, total, fn(micro, i)), None
 
   first = jax.tree.map(lambda x: x[0], slices)
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, first, rng))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, first, jnp.int32(0)))
   total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(microbatches), slices))
   return jax.tree.map(lambda x: x / microbatches, total)
+
+
+def microbatch_rng(rng: jax.Array, index: jax.Array | int, microbatches: int) -> jax.Array:
+  """The key of microbatch `index`: rng itself without accumulation, else fold_in(rng, index)."""
+  return rng if microbatches == 1 else jax.random.fold_in(rng, index)
+
+
+def accumulated_gradients(loss_fn: LossFn, params, batch: dict, rng: jax.Array, microbatches: int = 1):
+  """(grads, metrics) of loss_fn averaged over `microbatches` slices of the batch (mean_over_microbatches);
+  microbatch i uses fold_in(rng, i)."""
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  return mean_over_microbatches(lambda micro, i: grad_fn(params, micro, microbatch_rng(rng, i, microbatches)),
+                                batch, microbatches)
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, ema_decay: float, microbatches: int = 1):

@@ -7,13 +7,13 @@ import grain
 import numpy as np
 import pytest
 from absl import flags
-from ml_collections import ConfigDict
 from PIL import Image
 
 from latent_diffusion import data
 from latent_diffusion.data import images
 from latent_diffusion.data.image_folder import ImageFolderSource
 from latent_diffusion.data.tar_shards import TarShardSource
+from tests.conftest import data_config
 from tests.data import photo_fixtures
 
 SIZE = 32
@@ -200,11 +200,10 @@ def test_class_folder_errors_are_clear(tmp_path):
 def test_configs_choose_the_source_by_name(shards, folder):
   source, expected, _ = shards
   pattern = str(source.shards[0].parent / "{00000..00002}.tar")
-  config = ConfigDict(dict(name="tar_shards", image_size=SIZE, train_path=pattern, crop="random", flip=True, seed=3))
+  config = data_config(name="tar_shards", image_size=SIZE, train_path=pattern, crop="random", flip=True, seed=3)
   examples = list(data.make_dataset(config, "train"))
   assert len(examples) == len(expected) and sorted(examples[0]) == ["image"]
-  folders = data.make_dataset(ConfigDict(dict(name="image_folder", image_size=SIZE, train_path=str(folder[0]))),
-                              "train")
+  folders = data.make_dataset(data_config(name="image_folder", image_size=SIZE, train_path=str(folder[0])), "train")
   assert [e["label"] for e in folders] == [e.label for e in folder[1].values()]
   with pytest.raises(ValueError, match=r"config.data.val_path is not set.*'tar_shards'"):
     data.make_dataset(config, "val")

@@ -11,11 +11,11 @@ import pickle
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from ml_collections import ConfigDict
 
 from latent_diffusion import data
 from latent_diffusion.data import images
 from latent_diffusion.data.tfds_source import TfdsSource
+from tests.conftest import data_config
 from tests.data import photo_fixtures
 from tests.data.test_images import _reference
 
@@ -151,8 +151,8 @@ def test_split_specs_and_datasets_without_labels(data_dir):
 
 
 def test_config_chooses_tfds_with_the_split_as_path(data_dir):
-  config = ConfigDict(dict(name="tfds", tfds_name="ldm_test_imagenet", tfds_data_dir=str(data_dir), image_size=SIZE,
-                           train_path="train", val_path="validation"))
+  config = data_config(name="tfds", tfds_name="ldm_test_imagenet", tfds_data_dir=str(data_dir), image_size=SIZE,
+                       train_path="train", val_path="validation")
   val = list(data.make_dataset(config, "val"))
   assert sorted(e["label"] for e in val) == [0, 1, 2] and val[0]["image"].shape == (SIZE, SIZE, 3)
   assert len(list(data.make_dataset(config, "train"))) == len(examples()["train"]) - 2
@@ -170,7 +170,7 @@ def test_errors_are_clear(data_dir, tmp_path):
   with pytest.raises(ValueError, match="no ClassLabel feature 'label'"):
     TfdsSource("ldm_test_unlabelled", "train", data_dir=data_dir)
   with pytest.raises(ValueError, match="needs a TFDS data set name"):
-    data.make_dataset(ConfigDict(dict(name="tfds", image_size=SIZE, train_path="train")), "train")
+    data.make_dataset(data_config(name="tfds", image_size=SIZE, train_path="train"), "train")
   LdmTestUnlabelled(data_dir=tmp_path, file_format="tfrecord").download_and_prepare()
   with pytest.raises(ValueError, match=r"stored as \['tfrecord'\], not ArrayRecord.*file_format='array_record'"):
     TfdsSource("ldm_test_unlabelled", "train", data_dir=tmp_path, label_key=None)

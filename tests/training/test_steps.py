@@ -8,39 +8,44 @@ import pytest
 from latent_diffusion import parallel
 from latent_diffusion.diffusion import q_sample
 from latent_diffusion.models import DiagonalGaussian
-from latent_diffusion.training import autoencoder, ldm
+from latent_diffusion.training import autoencoder, autoencoder_loss, ldm
 from tests.conftest import tiny_config
 
 
-def test_reconstruction_losses_sum_over_pixels():
+def test_reconstruction_losses_are_per_pixel():
   x = jnp.zeros((2, 4, 4, 1))
   recon = jnp.concatenate([jnp.full((1, 4, 4, 1), 0.5), jnp.full((1, 4, 4, 1), -1.0)])
-  np.testing.assert_allclose(autoencoder.RECONSTRUCTION_LOSSES["l1"](x, recon), [8.0, 16.0])
-  np.testing.assert_allclose(autoencoder.RECONSTRUCTION_LOSSES["l2"](x, recon), [4.0, 16.0])
+  np.testing.assert_allclose(autoencoder_loss.RECONSTRUCTION_LOSSES["l1"](x, recon).sum(axis=(1, 2, 3)), [8.0, 16.0])
+  np.testing.assert_allclose(autoencoder_loss.RECONSTRUCTION_LOSSES["l2"](x, recon).sum(axis=(1, 2, 3)), [4.0, 16.0])
 
 
-def test_unknown_reconstruction_loss_is_named():
-  config = tiny_config("autoencoder.loss.reconstruction=lpipz")
+def test_unknown_stage1_options_are_named():
   with pytest.raises(ValueError, match="Unknown autoencoder.loss.reconstruction 'lpipz'.*known: \\['l1', 'l2'\\]"):
-    autoencoder.make_train_step(autoencoder.build_model(config), config.autoencoder.loss, None, 0.9)
+    autoencoder.build(tiny_config("autoencoder.loss.reconstruction=lpipz"))
+  with pytest.raises(ValueError, match="Unknown autoencoder.loss.disc_loss 'wgan'.*known: \\['hinge', 'vanilla'\\]"):
+    autoencoder.build(tiny_config("autoencoder.loss.disc_loss=wgan"))
+  with pytest.raises(ValueError, match="Unknown autoencoder.regularization 'vae'; known: \\['kl', 'vq'\\]"):
+    autoencoder.build(tiny_config("autoencoder.regularization=vae"))
+  with pytest.raises(ValueError, match="Unknown autoencoder.vq.codebook_update 'kmeans'"):
+    autoencoder.build(tiny_config("autoencoder.vq.codebook_update=kmeans"))
 
 
 def test_autoencoder_step_loss_is_reconstruction_plus_weighted_kl():
   config = tiny_config("autoencoder.loss.kl_weight=0.5")
   mesh = parallel.make_mesh(config.mesh)
-  model, tx, state, _ = autoencoder.init_state(config, mesh, jax.random.key(0))
+  stage1, state, _ = autoencoder.init_state(config, mesh, jax.random.key(0))
   x = jax.random.uniform(jax.random.key(1), (4, 16, 16, 1), minval=-1, maxval=1)
-  step = autoencoder.make_train_step(model, config.autoencoder.loss, tx, 0.9)
-  new_state, metrics = jax.jit(step)(state, {"image": x}, jax.random.key(2))
+  step = jax.jit(autoencoder.make_train_step(stage1))
+  new_state, metrics = step(state, {"image": x}, jax.random.key(2), {"lpips": None})
   # Recompute the loss with the same sample rng as the step: fold_in(rng, step) then split.
   sample_rng, _ = jax.random.split(jax.random.fold_in(jax.random.key(2), 0))
-  recon, posterior = model.apply({"params": state.params}, x, rngs={"sample": sample_rng})
+  recon, posterior = stage1.model.apply({"params": state.params}, x, rngs={"sample": sample_rng})
   l1 = jnp.abs(x - recon).sum(axis=(1, 2, 3))
   np.testing.assert_allclose(metrics["loss"], jnp.mean(l1 + 0.5 * posterior.kl()), rtol=1e-4)
   np.testing.assert_allclose(metrics["kl"], posterior.kl().mean(), rtol=1e-4)
-  assert int(new_state.step) == 1
+  assert int(new_state.step) == 1 and new_state.disc_params is None and new_state.codebook_stats is None
   # Warmup starts at lr 0; the second step moves the parameters.
-  moved, _ = jax.jit(step)(new_state, {"image": x}, jax.random.key(2))
+  moved, _ = step(new_state, {"image": x}, jax.random.key(2), {"lpips": None})
   assert not np.allclose(moved.params["encoder"]["conv_in"]["kernel"], state.params["encoder"]["conv_in"]["kernel"])
 
 
