@@ -1,0 +1,34 @@
+"""The stage-1 evaluator: PSNR / SSIM / LPIPS per image, codebook usage over the validation set, the grid."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from latent_diffusion import image_metrics
+from latent_diffusion.models import VQModel
+from latent_diffusion.models.lpips import LPIPS, load_lpips_params
+from latent_diffusion.training import autoencoder_eval
+from tests.lpips_fixtures import HEADS, write_random_vgg
+
+
+def test_evaluator_figures_equal_the_metrics_on_its_reconstructions(tmp_path):
+  _, vgg_path = write_random_vgg(tmp_path)
+  lpips_params = load_lpips_params(vgg_path, HEADS)
+  model = VQModel(in_channels=3, ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, embed_dim=3, groups=4,
+                  num_embeddings=16)
+  images = np.random.default_rng(0).uniform(-1, 1, (6, 16, 16, 3)).astype(np.float32)
+  params = nn.unbox(model.init(jax.random.key(0), images[:1])["params"])
+  evaluator = autoencoder_eval.Evaluator(model, True, images, lpips_params, grid_images=2, batch_size=4)
+  results = evaluator(params)     # 6 images in batches of 4: the last one padded
+  recon, indices = jax.jit(lambda p, x: autoencoder_eval.reconstruct(model, p, x))(params, images)
+  unit = lambda a: (np.asarray(a) + 1) / 2
+  np.testing.assert_allclose(results["psnr_db"], np.mean(image_metrics.psnr(unit(recon), unit(images))), rtol=1e-5)
+  np.testing.assert_allclose(results["ssim"], np.mean(image_metrics.ssim(unit(recon), unit(images))), rtol=1e-5)
+  np.testing.assert_allclose(results["lpips"], np.mean(LPIPS().apply({"params": lpips_params}, images, recon)),
+                             rtol=1e-5)
+  used = np.unique(np.asarray(indices))
+  assert results["codebook_usage"] == len(used) / 16 and 1.0 <= results["perplexity"] <= len(used)
+  grid = results["reconstructions"]
+  assert grid.shape == (1, 32, 32, 3) and 0.0 <= grid.min() and grid.max() <= 1.0
+  np.testing.assert_allclose(grid[0, 16:, 16:], unit(recon[1]), atol=1e-6)       # second reconstruction, bottom row
+  assert "reconstructions" not in evaluator(params, with_grid=False)
