@@ -51,11 +51,10 @@ def main(argv):
   bs, size = config.data.batch_size, config.data.image_size
   results = []
 
-  stage1, ae_state, _ = autoencoder.init_state(config, mesh, rng)
-  ae_model = stage1.model
-  ae_step = jax.jit(autoencoder.make_train_step(stage1))
+  ae_model, ae_tx, ae_state, _ = autoencoder.init_state(config, mesh, rng)
+  ae_step = jax.jit(autoencoder.make_train_step(ae_model, config.autoencoder.loss, ae_tx, 0.99))
   images = {"image": jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (bs, size, size, 1)), jnp.float32)}
-  step = lambda s: ae_step(s, images, rng, {"lpips": None})[0]
+  step = lambda s: ae_step(s, images, rng)[0]
   results.append(summary("autoencoder_train_step", *timed(step, ae_state, repeats=repeats), bs))
 
   unet, tx, state, _ = ldm.init_state(config, mesh, rng)
@@ -70,7 +69,7 @@ def main(argv):
                                        config.ldm.diffusion.prediction_type, ldm.null_label(config))
   labels = jnp.arange(config.sample.batch_size, dtype=jnp.int32) % config.data.num_classes
   results.append(summary(f"sample_{config.sample.sampler}{config.sample.num_steps}_cfg",
-                         *timed(generate, state.ema_params, ae_state.eval_params, rng, labels, repeats=3),
+                         *timed(generate, state.ema_params, ae_state.ema_params, rng, labels, repeats=3),
                          config.sample.batch_size))
   out = pathlib.Path(__file__).parent / "results"
   out.mkdir(exist_ok=True)

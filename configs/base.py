@@ -66,15 +66,18 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   config.data = ml_collections.ConfigDict(dict(
-      # Data set by name (latent_diffusion.data.DATASETS): digits | sample_photos | tar_shards | image_folder | tfds.
+      # Data set by name (latent_diffusion.data.DATASETS): digits | digit_pairs | sample_photos | tar_shards |
+      # image_folder | tfds.
       name="digits",
-      # Square image side in pixels after resizing / cropping.
+      # Image side in pixels after resizing / cropping (the height, if image_width is set).
       image_size=16,
+      # Image width in pixels; None: square images (image_size).
+      image_width=ml_collections.config_dict.placeholder(int),
       # Global batch size (split over the data x fsdp mesh axes).
       batch_size=64,
       # digits: examples held out for validation.
       val_examples=297,
-      # Number of classes of the labels (class-conditional models add one 'null' class for CFG).
+      # Number of classes of the labels (class conditioning adds one 'null' class for CFG).
       num_classes=10,
       # tar_shards / image_folder / tfds: where each split is read from: a shard pattern
       # ('laion/{00000..00127}.tar'), a class-folder root (root/<class>/*.jpg) or a TFDS split spec
@@ -97,14 +100,25 @@ def get_config() -> ml_collections.ConfigDict:
       max_aspect_ratio=float("inf"),
       # Seed of the random crops and flips (per record and epoch).
       seed=0,
-      # sample_photos: real photographs shipped with scikit-image and scikit-learn, split by photo (names
-      # from latent_diffusion.data.sample_photos.PHOTOS). Training examples are random image_size crops
-      # at the photos' own resolution, crops_per_photo per photo and epoch; validation examples are the
-      # non-overlapping image_size tiles of the validation photos.
-      train_photos=("astronaut", "chelsea", "rocket", "china", "motorcycle_left", "motorcycle_right",
-                    "immunohistochemistry", "hubble_deep_field"),
-      val_photos=("coffee", "flower"),
-      crops_per_photo=256,
+      # name='sample_photos' (latent_diffusion.data.sample_photos): real photographs shipped with scikit-image
+      # and scikit-learn, split by photo. Training examples are random crops at the photos' own resolution,
+      # validation examples the non-overlapping tiles of the validation photos.
+      sample_photos=dict(
+          # Photo names (latent_diffusion.data.sample_photos.PHOTOS) of each split.
+          train=("astronaut", "chelsea", "rocket", "china", "motorcycle_left", "motorcycle_right",
+                 "immunohistochemistry", "hubble_deep_field"),
+          val=("coffee", "flower"),
+          # Training crops per photo and epoch.
+          crops_per_photo=256,
+      ),
+      # name='digit_pairs' (latent_diffusion.data.digit_pairs): captioned pairs of digits side by side.
+      digit_pairs=dict(
+          # Training examples drawn per epoch (pairs, templates and digit images at random, fixed by seed).
+          examples=10_000,
+          # Ordered (left, right) pairs held out of training (of 100), chosen by seed.
+          heldout_pairs=20,
+          seed=0,
+      ),
   ))
 
   config.autoencoder = ml_collections.ConfigDict(dict(
@@ -211,11 +225,8 @@ def get_config() -> ml_collections.ConfigDict:
           num_heads=-1,
           num_head_channels=32,
           transformer_depth=1,
-          # Cross-attention context width (None: no cross-attention).
-          context_dim=ml_collections.config_dict.placeholder(int),
+          # (The cross-attention width and the label table size come from the conditioning, not from here.)
           use_linear_projection=False,
-          # Label embeddings incl. the 'null' label used for classifier-free guidance.
-          num_classes=ml_collections.config_dict.placeholder(int),
           use_scale_shift_norm=True,
           dropout=0.0,
           groups=32,
@@ -230,16 +241,61 @@ def get_config() -> ml_collections.ConfigDict:
           num_timesteps=1000,
           beta_start=0.0015,
           beta_end=0.0195,
+          # Rescale the betas to zero terminal SNR (Lin et al. 2024; use with v_prediction).
+          rescale_zero_terminal_snr=False,
           # What the UNet predicts: epsilon | v_prediction.
           prediction_type="epsilon",
       ),
+      conditioning=dict(
+          # Conditioners by name (latent_diffusion.conditioning.CONDITIONERS), combined: () = unconditional,
+          # ('class',), ('text',), ('concat',), ('text', 'concat') = the paper's hybrid.
+          kinds=("class",),
+          # Probability of training an example on the null condition (classifier-free guidance).
+          drop_prob=0.1,
+          text=dict(
+              # 'pretrained': a local transformers folder (CLIP text model or BERT-style); 'trained': the paper's
+              # BERT-style transformer trained from scratch with the UNet (sizes below).
+              encoder="pretrained",
+              # Pretrained encoder folder (config.json + model.safetensors); None: <ldm.init_from>/text_encoder.
+              encoder_path=ml_collections.config_dict.placeholder(str),
+              # Tokenizer folder; None: <ldm.init_from>/tokenizer, else encoder_path.
+              tokenizer_path=ml_collections.config_dict.placeholder(str),
+              # Train the pretrained encoder with the UNet (else it stays frozen).
+              train_encoder=False,
+              # Tokens per caption (padded / truncated); None: the tokenizer's model_max_length (77 for CLIP).
+              max_length=ml_collections.config_dict.placeholder(int),
+              # Encoder output fed to cross-attention: last | penultimate (the layer before the last).
+              layer="last",
+              # Pass the tokenizer's padding mask to the encoder (Stable Diffusion's CLIP does not).
+              use_attention_mask=False,
+              # Where training reads text: caption (tokenized here) | tokens | context (stored with the latents
+              # by latent_diffusion.encode; context = the frozen encoder's outputs, no encoder in the step).
+              source="caption",
+              # A record without a caption: 'empty' trains it as the empty prompt (counted), 'skip' drops it.
+              missing_caption="empty",
+              # Sizes of the 'trained' encoder: width, layers, attention heads, MLP width / width.
+              width=512,
+              layers=4,
+              heads=8,
+              mlp_ratio=4,
+          ),
+          concat=dict(
+              # Example field holding the image-shaped condition [h, w, channels] at the latent grid.
+              field="concat",
+              channels=1,
+              # Null condition: 'keep' (the condition defines the task, e.g. inpainting) | 'zeros'.
+              null="keep",
+          ),
+      ),
+      # Fine-tune this diffusers pipeline folder or original (CompVis / SD) single-file checkpoint: the UNet,
+      # VAE, text encoder, noise schedule and latent scale come from it (config.ldm.model sets only dtype and
+      # remat_policy then). None: train the UNet from scratch on the autoencoder of config.autoencoder.
+      init_from=ml_collections.config_dict.placeholder(str),
       # Directory of latent shards from latent_diffusion.encode; None: encode config.data in memory.
       latents_path=ml_collections.config_dict.placeholder(str),
       # Latent scale: if scale_by_std, 1/std of the first batch's latents (LDM); else scale_factor.
       scale_by_std=True,
       scale_factor=1.0,
-      # Probability of replacing the condition by the null condition (classifier-free guidance).
-      cond_drop_prob=0.1,
       optim=optimizer(lr=1e-4, warmup_steps=1000),
       loop=loop(train_steps=200_000),
   ))
@@ -283,5 +339,13 @@ def get_config() -> ml_collections.ConfigDict:
       samples_per_class=50,
       # Columns of the sample grid (one row per class).
       grid_columns=10,
+      # data.name='digit_pairs' (latent_diffusion.evaluate_pairs): prompts per set, judged half by half.
+      digit_pairs=dict(
+          samples_seen_pairs=160,
+          samples_heldout_pairs=100,
+          samples_heldout_templates=120,
+          # Rows of samples.png taken from each prompt set.
+          grid_rows_per_set=6,
+      ),
   ))
   return config

@@ -10,16 +10,16 @@ import pathlib
 import jax
 import numpy as np
 
-from latent_diffusion import data, sampling
-from latent_diffusion.training import autoencoder, ldm
+from latent_diffusion import data, generation, image_grid
+from latent_diffusion.training import ldm
 
 
-def train_classifier(config):
-  """(classifier, accuracy on the real validation split) for images of config.data."""
+def train_classifier(data_config):
+  """(classifier, accuracy on the real validation split) for images of `data_config` (config.data)."""
   from sklearn.svm import SVC
 
   def arrays(split):
-    examples = list(data.make_dataset(config.data, split))
+    examples = list(data.make_dataset(data_config, split))
     return (np.stack([e["image"] for e in examples]).reshape(len(examples), -1),
             np.array([e["label"] for e in examples]))
 
@@ -29,34 +29,40 @@ def train_classifier(config):
   return classifier, float((classifier.predict(val_x) == val_y).mean())
 
 
-def load_generator(config, workdir: pathlib.Path, mesh):
-  """(generate, unet_params, ae_params): the compiled class-conditional sampler of a trained run."""
-  ae, ae_params = autoencoder.load_params(config, workdir, mesh)
-  unet, unet_params, scale_factor = ldm.load_params(config, workdir, mesh)
-  generate = sampling.make_generate_fn(
-      unet, ae, ldm.build_schedule(config), config.sample, ldm.latent_shape(config), scale_factor,
-      config.ldm.diffusion.prediction_type, ldm.null_label(config))
-  return generate, unet_params, ae_params
+def sample_settings(config, **overrides) -> dict:
+  """Generator keyword arguments of config.sample (overrides win)."""
+  s = config.sample
+  return {"num_steps": s.num_steps, "guidance_scale": s.guidance_scale, **overrides}
 
 
 def generate_per_class(config, workdir: pathlib.Path, mesh, samples_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """(images [num_classes * n, H, W, C] in [0, 1], labels) with n = samples_per_class, class-major."""
-  generate, unet_params, ae_params = load_generator(config, workdir, mesh)
+  generator = generation.Generator(ldm.load_trained(workdir, mesh, config))
   labels = np.repeat(np.arange(config.data.num_classes), samples_per_class).astype(np.int32)
-  images = sampling.generate_for_labels(generate, unet_params, ae_params, jax.random.key(seed), labels,
-                                        config.sample.batch_size)
+  images = generation.generate_in_batches(generator, {"label": labels}, config.sample.batch_size, seed=seed,
+                                          **sample_settings(config))
   return images, labels
 
 
 def evaluate(config, workdir: pathlib.Path, mesh) -> dict:
+  """The evaluation of config.data's task (EVALUATIONS); writes workdir/samples.png."""
+  from latent_diffusion import evaluate_pairs
+
+  evaluations = {"digits": evaluate_classes, "digit_pairs": evaluate_pairs.evaluate_pairs}
+  if config.data.name not in evaluations:
+    raise ValueError(f"No evaluation for data set {config.data.name!r}; evaluations exist for {sorted(evaluations)}.")
+  return evaluations[config.data.name](config, workdir, mesh)
+
+
+def evaluate_classes(config, workdir: pathlib.Path, mesh) -> dict:
   """Writes workdir/samples.png (one row per class) and returns the accuracy figures."""
   n = config.evaluate.samples_per_class
   images, labels = generate_per_class(config, workdir, mesh, n, seed=config.seed + 3)
   cols = min(config.evaluate.grid_columns, n)
   grid = images.reshape(config.data.num_classes, n, *images.shape[1:])[:, :cols]
   if jax.process_index() == 0:
-    sampling.save_grid(grid.reshape(-1, *images.shape[1:]), rows=config.data.num_classes, path=workdir / "samples.png")
-  classifier, real_accuracy = train_classifier(config)
+    image_grid.save_grid(grid.reshape(-1, *images.shape[1:]), rows=config.data.num_classes, path=workdir / "samples.png")
+  classifier, real_accuracy = train_classifier(config.data)
   as_pixels = images * 2.0 - 1.0  # the classifier sees data-set pixels in [-1, 1]
   predicted = classifier.predict(as_pixels.reshape(len(images), -1))
   per_class = [float((predicted[labels == c] == c).mean()) for c in range(config.data.num_classes)]

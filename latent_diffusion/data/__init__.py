@@ -8,6 +8,7 @@ import grain
 import numpy as np
 
 from latent_diffusion.data import images
+from latent_diffusion.data.digit_pairs import make_digit_pairs_dataset
 from latent_diffusion.data.digits import SPLITS, load_digits_split, make_digits_dataset
 from latent_diffusion.data.image_folder import ImageFolderSource
 from latent_diffusion.data.sample_photos import make_sample_photos_dataset
@@ -57,8 +58,13 @@ def make_image_dataset(data_config, split: str) -> grain.MapDataset:
 
 
 # Data set name -> fn(data_config, split) returning a finite grain MapDataset of example dicts.
-DATASETS = {"digits": make_digits_dataset, "sample_photos": make_sample_photos_dataset,
-            **{name: make_image_dataset for name in IMAGE_SOURCES}}
+DATASETS = {"digits": make_digits_dataset, "digit_pairs": make_digit_pairs_dataset,
+            "sample_photos": make_sample_photos_dataset, **{name: make_image_dataset for name in IMAGE_SOURCES}}
+
+
+def image_shape(data_config) -> tuple[int, int]:
+  """(height, width) in pixels of the images of config.data."""
+  return data_config.image_size, data_config.image_width or data_config.image_size
 
 
 def make_dataset(data_config, split: str) -> grain.MapDataset:

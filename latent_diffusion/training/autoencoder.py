@@ -26,6 +26,7 @@ from latent_diffusion.models.discriminator import NLayerDiscriminator
 from latent_diffusion.models.lpips import LPIPS, load_lpips_params
 from latent_diffusion.training import autoencoder_eval, autoencoder_loss, codebook, loop
 from latent_diffusion.training import state as state_lib
+from latent_diffusion.training.checkpoint import StageCheckpoints
 from latent_diffusion.training.state import make_optimizer
 
 # The decoder's last convolution kernel: where the adaptive GAN weight compares the two gradients.
@@ -111,11 +112,10 @@ def check_data(config, example: dict) -> None:
                      f"factor f={f} (config.autoencoder.model.ch_mult); choose config.data.image_size as a multiple.")
 
 
-def init_state(config, mesh, rng, stage1: Stage1 | None = None) -> tuple[Stage1, AutoencoderState, Any]:
-  """(modules, state, state shardings) of a fresh stage-1 run, created sharded (modules built if not given)."""
-  stage1 = build(config) if stage1 is None else stage1
-  size = config.data.image_size
-  dummy = jnp.zeros((1, size, size, config.autoencoder.model.in_channels), jnp.float32)
+def _init_fn(stage1: Stage1, config):
+  """rng -> the boxed (logically annotated) initial state of a stage-1 run."""
+  height, width = data.image_shape(config.data)
+  dummy = jnp.zeros((1, height, width, config.autoencoder.model.in_channels), jnp.float32)
 
   def init_boxed(rng):
     params = stage1.model.init({"params": rng, "sample": rng}, dummy)["params"]
@@ -128,10 +128,26 @@ def init_state(config, mesh, rng, stage1: Stage1 | None = None) -> tuple[Stage1,
         step=jnp.zeros((), jnp.int32), params=params, ema_params=params if config.autoencoder.use_ema else None,
         opt_state=stage1.tx.init((params, logvar)), logvar=logvar, disc_params=disc_params,
         disc_opt_state=stage1.disc_tx.init(disc_params) if stage1.discriminator else None, codebook_stats=stats)
+  return init_boxed
 
+
+def init_state(config, mesh, rng, stage1: Stage1 | None = None) -> tuple[Stage1, AutoencoderState, Any]:
+  """(modules, state, state shardings) of a fresh stage-1 run, created sharded (modules built if not given)."""
+  stage1 = build(config) if stage1 is None else stage1
+  init_boxed = _init_fn(stage1, config)
   shardings = parallel.state_shardings(init_boxed, mesh, config.mesh, rng)
   state = jax.jit(lambda r: nn.unbox(init_boxed(r)), out_shardings=shardings)(rng)
   return stage1, state, shardings
+
+
+def abstract_state(config, mesh) -> tuple[Stage1, AutoencoderState]:
+  """(modules, the state's shapes, dtypes and shardings as jax.ShapeDtypeStruct leaves): a restore template
+  that costs no initialisation."""
+  stage1 = build(config)
+  init_boxed = _init_fn(stage1, config)
+  shardings = parallel.state_shardings(init_boxed, mesh, config.mesh, jax.random.key(0))
+  shapes = nn.unbox(jax.eval_shape(init_boxed, jax.random.key(0)))
+  return stage1, jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
 def _forward(stage1: Stage1, x: jax.Array, rng: jax.Array):
@@ -169,7 +185,8 @@ def _forward(stage1: Stage1, x: jax.Array, rng: jax.Array):
 
 def make_train_step(stage1: Stage1) -> loop.StepFn:
   """step(state, batch {'image': [B, H, W, C] in [-1, 1]}, rng, constants {'lpips': params or None})
-  -> (state, metrics). The step's key is fold_in(rng, state.step)."""
+  -> (state, metrics). The step's key is fold_in(rng, state.step); `constants` are read-only step arguments
+  (frozen LPIPS weights: passed replicated, neither donated nor checkpointed)."""
   cfg = stage1.config
   microbatches = cfg.optim.microbatches
 
@@ -248,14 +265,16 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
   train_set = data.make_dataset(config.data, "train")
   check_data(config, next(iter(train_set.to_iter_dataset())))
   stage1, state, shardings = init_state(config, mesh, rng, stage1)
+  constants = {"lpips": jax.device_put(lpips_params, parallel.replicated(mesh))}
   evaluator = autoencoder_eval.Evaluator(stage1.model, stage1.is_vq, validation_images(config), lpips_params,
                                          config.autoencoder.grid_images, batch_size=config.data.batch_size)
   stage = loop.Stage(
       name="autoencoder", loop_config=config.autoencoder.loop, workdir=workdir / "autoencoder",
       state=state, state_shardings=shardings, step_fn=make_train_step(stage1),
-      dataset=train_set, batch_size=config.data.batch_size, rng=jax.random.fold_in(rng, 2), seed=config.seed,
-      meta={"config": config.to_json_best_effort()}, eval_fn=lambda s: evaluator(s.eval_params),
-      mesh=mesh, mesh_config=config.mesh, constants={"lpips": lpips_params})
+      dataset=train_set.map(lambda ex: {"image": ex["image"]}), batch_size=config.data.batch_size,
+      rng=jax.random.fold_in(rng, 2), seed=config.seed, meta={"config": config.to_json_best_effort()},
+      eval_fn=lambda s: evaluator(s.eval_params), mesh=mesh, mesh_config=config.mesh,
+      step_args=(constants,), step_args_shardings=(parallel.replicated(mesh),))
   state, _, history = loop.train_stage(stage)
   final = evaluator(state.eval_params, with_grid=False)
   logging.info("autoencoder: validation %s", final)
@@ -263,7 +282,12 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
 
 
 def load_params(config, workdir: pathlib.Path, mesh):
-  """(model, parameters for inference: EMA if kept) of the trained autoencoder under workdir/autoencoder."""
-  stage1, template, _ = init_state(config, mesh, jax.random.key(0))
-  state, _ = loop.restore_trained(workdir / "autoencoder", template)
-  return stage1.model, state.eval_params
+  """(model, parameters for inference) of the trained autoencoder under workdir/autoencoder: its EMA parameters,
+  or the trained ones without EMA (autoencoder.use_ema=False); nothing else of the state is read."""
+  stage1, template = abstract_state(config, mesh)
+  name = "params" if template.ema_params is None else "ema_params"
+  checkpoints = StageCheckpoints(workdir / "autoencoder" / "checkpoints")
+  try:
+    return stage1.model, checkpoints.restore_subtree(name, getattr(template, name))
+  finally:
+    checkpoints.close()

@@ -36,6 +36,19 @@ class StageCheckpoints:
         state=ocp.args.StandardRestore(state_template), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
 
+  def restore_subtree(self, name: str, template: Any, step: int | None = None) -> Any:
+    """Only the field `name` (e.g. 'ema_params') of the saved state, into `template`'s shapes and shardings
+    (jax.ShapeDtypeStruct leaves with `sharding`); nothing else of the state is read."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {self._manager.directory}.")
+    path = pathlib.Path(self._manager.directory) / str(step) / "state"
+    item = {name: template}
+    args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                                  partial_restore=True)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      return checkpointer.restore(path, args=args)[name]
+
   def restore_meta(self, step: int | None = None) -> dict:
     step = self.latest_step() if step is None else step
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

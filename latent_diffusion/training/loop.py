@@ -19,7 +19,8 @@ from clu import metric_writers, periodic_actions
 from latent_diffusion import parallel
 from latent_diffusion.training.checkpoint import StageCheckpoints
 
-# (state, batch, rng[, constants]) -> (state, {name: scalar}); rng is the stage's root key (fold in state.step).
+# (state, batch, rng, *step_args) -> (state, {name: scalar}); rng is the stage's root key (fold in state.step);
+# step_args are arrays the step reads but does not train (e.g. a frozen text encoder).
 StepFn = Callable[..., tuple[Any, dict]]
 
 
@@ -40,9 +41,8 @@ class Stage:
   eval_fn: Callable[[Any], dict] | None = None   # state -> {name: float, or images [N, H, W, C] in [0, 1]}
   mesh: Any = None
   mesh_config: Any = None
-  # Read-only arrays the step takes as a 4th argument (e.g. frozen LPIPS weights): replicated on the mesh,
-  # neither donated nor checkpointed. None: the step takes (state, batch, rng).
-  constants: Any = None
+  step_args: tuple = ()               # extra, read-only arguments of every step, already on the mesh
+  step_args_shardings: tuple = ()
 
 
 def batch_iterator(dataset: grain.MapDataset, global_batch_size: int, seed: int) -> grain.DatasetIterator:
@@ -59,21 +59,14 @@ def batch_iterator(dataset: grain.MapDataset, global_batch_size: int, seed: int)
   return iter(local.batch(global_batch_size // count, drop_remainder=True))
 
 
-def compile_step(step_fn: StepFn, rng: jax.Array, state_shardings, mesh, mesh_config, constants: Any = None):
-  """jit(state, batch) -> (state, metrics): state sharded by its rules and donated, batch split
-  over 'batch'. The root key enters as a compile-time constant, identical on every process; `constants`
-  (if any) are placed replicated once and passed to every call as arguments, not baked into the program."""
+def compile_step(step_fn: StepFn, rng: jax.Array, state_shardings, mesh, mesh_config, step_args_shardings=()):
+  """jit(state, batch, *step_args) -> (state, metrics): state sharded by its rules and donated, batch split
+  over 'batch', step_args as given. The root key enters as a compile-time constant, identical on every process."""
   key_data = np.asarray(jax.random.key_data(rng))
-  key = lambda: jax.random.wrap_key_data(key_data)
-  shardings = (state_shardings, parallel.batch_sharding(mesh, mesh_config))
-  out_shardings = (state_shardings, parallel.replicated(mesh))
-  if constants is None:
-    return jax.jit(lambda state, batch: step_fn(state, batch, key()), donate_argnums=0, in_shardings=shardings,
-                   out_shardings=out_shardings)
-  step = jax.jit(lambda state, batch, consts: step_fn(state, batch, key(), consts), donate_argnums=0,
-                 in_shardings=shardings + (parallel.replicated(mesh),), out_shardings=out_shardings)
-  placed = jax.device_put(constants, parallel.replicated(mesh))
-  return lambda state, batch: step(state, batch, placed)
+  step = lambda state, batch, *args: step_fn(state, batch, jax.random.wrap_key_data(key_data), *args)
+  return jax.jit(step, donate_argnums=0,
+                 in_shardings=(state_shardings, parallel.batch_sharding(mesh, mesh_config), *step_args_shardings),
+                 out_shardings=(state_shardings, parallel.replicated(mesh)))
 
 
 def _is_finite(metrics: dict) -> bool:
@@ -102,7 +95,7 @@ def train_stage(stage: Stage) -> tuple[Any, dict, list[dict]]:
 
   batch_sharding = parallel.batch_sharding(stage.mesh, stage.mesh_config)
   step_fn = compile_step(stage.step_fn, stage.rng, stage.state_shardings, stage.mesh, stage.mesh_config,
-                         stage.constants)
+                         stage.step_args_shardings)
   writer = metric_writers.create_default_writer(
       str(stage.workdir / "tensorboard"), just_logging=jax.process_index() > 0, collection=stage.name)
   progress = periodic_actions.ReportProgress(num_train_steps=cfg.train_steps, writer=writer,
@@ -111,7 +104,7 @@ def train_stage(stage: Stage) -> tuple[Any, dict, list[dict]]:
   for step in range(start + 1, cfg.train_steps + 1):
     batch = parallel.global_batch(next(batches), batch_sharding)
     with jax.transfer_guard("disallow"):
-      state, metrics = step_fn(state, batch)
+      state, metrics = step_fn(state, batch, *stage.step_args)
     sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
     count += 1
     progress(step)
@@ -156,6 +149,16 @@ def restore_trained(workdir: pathlib.Path, state_template: Any) -> tuple[Any, di
   finally:
     checkpoints.close()
 
+
+
+def restore_ema_params(workdir: pathlib.Path, template: Any) -> Any:
+  """The EMA parameters of a stage's latest checkpoint (for inference), into `template`'s shapes and
+  shardings; the optimizer state and the training parameters are never read."""
+  checkpoints = StageCheckpoints(workdir / "checkpoints")
+  try:
+    return checkpoints.restore_subtree("ema_params", template)
+  finally:
+    checkpoints.close()
 
 
 def latest_meta(workdir: pathlib.Path) -> dict | None:

@@ -30,13 +30,15 @@ def trajectory(shape, batches):
   config = tiny_config(f"mesh.shape={shape}", "ldm.model.model_channels=32", "ldm.model.num_head_channels=16")
   devices = jax.devices()[:int(np.prod(shape))]
   mesh = parallel.make_mesh(config.mesh, devices)
-  model, tx, state, shardings = ldm.init_state(config, mesh, jax.random.key(0))
-  step = loop.compile_step(ldm.make_train_step(config, model, ldm.build_schedule(config), tx, 0.7),
-                           jax.random.key(1), shardings, mesh, config.mesh)
+  model = ldm.describe(config, None, mesh)
+  tx, state, shardings = ldm.init_state(config, model, mesh, jax.random.key(0))
+  frozen, frozen_shardings = ldm.frozen_params(model, mesh, config.mesh)
+  step = loop.compile_step(ldm.make_train_step(model, tx, 0.7, config.ldm.loop.ema_decay),
+                           jax.random.key(1), shardings, mesh, config.mesh, (frozen_shardings,))
   batch_sharding = parallel.batch_sharding(mesh, config.mesh)
   losses = []
   for batch in batches:
-    state, metrics = step(state, parallel.global_batch(batch, batch_sharding))
+    state, metrics = step(state, parallel.global_batch(batch, batch_sharding), frozen)
     losses.append(float(metrics["loss"]))
   on_device, total = state_bytes(state, devices[0])
   return {"losses": losses, "device0_bytes": on_device, "total_bytes": total}
@@ -44,7 +46,7 @@ def trajectory(shape, batches):
 
 def main():
   config = tiny_config()
-  h, w, c = ldm.latent_shape(config)
+  h, w, c = ldm.describe(config, None, parallel.make_mesh(config.mesh)).latent_shape
   rng = np.random.default_rng(0)
   batches = [{"latent_mean": rng.normal(size=(16, h, w, c)).astype(np.float32),
               "latent_logvar": np.full((16, h, w, c), -3.0, np.float32),
