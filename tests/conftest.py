@@ -29,3 +29,13 @@ def trained_workdir(tmp_path_factory) -> pathlib.Path:
   pipeline.run(tiny_config(), workdir)
   assert json.loads((workdir / "metrics.json").read_text()).keys() >= set(pipeline.STAGES)
   return workdir
+
+
+@pytest.fixture(scope="session")
+def random_lpips(tmp_path_factory):
+  """(the lpips package's LPIPS with a random VGG16 trunk and the real heads, that trunk as a torchvision state
+  dict file, the heads file): one random VGG16 for every LPIPS test of the session."""
+  from tests import lpips_fixtures  # pylint: disable=import-outside-toplevel  # imports torch
+
+  reference, vgg_path = lpips_fixtures.write_random_vgg(tmp_path_factory.mktemp("random_vgg16"))
+  return reference, vgg_path, lpips_fixtures.HEADS

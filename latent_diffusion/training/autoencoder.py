@@ -140,10 +140,10 @@ def init_state(config, mesh, rng, stage1: Stage1 | None = None) -> tuple[Stage1,
   return stage1, state, shardings
 
 
-def abstract_state(config, mesh) -> tuple[Stage1, AutoencoderState]:
+def abstract_state(config, mesh, stage1: Stage1 | None = None) -> tuple[Stage1, AutoencoderState]:
   """(modules, the state's shapes, dtypes and shardings as jax.ShapeDtypeStruct leaves): a restore template
   that costs no initialisation."""
-  stage1 = build(config)
+  stage1 = build(config) if stage1 is None else stage1
   init_boxed = _init_fn(stage1, config)
   shardings = parallel.state_shardings(init_boxed, mesh, config.mesh, jax.random.key(0))
   shapes = nn.unbox(jax.eval_shape(init_boxed, jax.random.key(0)))
@@ -264,7 +264,11 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
   lpips_params = load_lpips(config)              # missing / wrong weights fail here, before any training
   train_set = data.make_dataset(config.data, "train")
   check_data(config, next(iter(train_set.to_iter_dataset())))
-  stage1, state, shardings = init_state(config, mesh, rng, stage1)
+  if loop.latest_meta(workdir / "autoencoder") is None:
+    stage1, state, shardings = init_state(config, mesh, rng, stage1)
+  else:  # resuming: the checkpoint replaces the state, initialising it would be wasted work
+    stage1, state = abstract_state(config, mesh, stage1)
+    shardings = jax.tree.map(lambda leaf: leaf.sharding, state)
   constants = {"lpips": jax.device_put(lpips_params, parallel.replicated(mesh))}
   evaluator = autoencoder_eval.Evaluator(stage1.model, stage1.is_vq, validation_images(config), lpips_params,
                                          config.autoencoder.grid_images, batch_size=config.data.batch_size)

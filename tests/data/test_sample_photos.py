@@ -11,8 +11,8 @@ from tests.conftest import data_config
 
 
 def test_training_crops_and_validation_tiles_come_from_disjoint_photos():
-  config = data_config(name="sample_photos", image_size=32, train_photos=("astronaut", "china"), val_photos=("coffee",),
-                       crops_per_photo=5, flip=True, seed=1)
+  config = data_config(name="sample_photos", image_size=32, flip=True, seed=1,
+                       sample_photos=dict(train=("astronaut", "china"), val=("coffee",), crops_per_photo=5))
   train, val = data.make_dataset(config, "train"), data.make_dataset(config, "val")
   assert len(train) == 10 and len(val) == (400 // 32) * (600 // 32)
   crops = np.stack([example["image"] for example in train])
@@ -30,9 +30,9 @@ def test_training_crops_and_validation_tiles_come_from_disjoint_photos():
 
 def test_photo_errors_are_clear():
   with pytest.raises(ValueError, match=r"Unknown sample photo\(s\) \['lena'\].*known: \['astronaut'"):
-    data.make_dataset(data_config(name="sample_photos", val_photos=("lena",)), "val")
-  with pytest.raises(ValueError, match=r"smaller than the 512x512 crops"):
-    sample_photos.RandomCrop(sample_photos.load_photos(("chelsea",)), 512, flip=False)
+    data.make_dataset(data_config(name="sample_photos", sample_photos=dict(val=("lena",))), "val")
+  with pytest.raises(ValueError, match=r"smaller than the 512x64 crops"):
+    sample_photos.RandomCrop(sample_photos.load_photos(("chelsea",)), (512, 64), flip=False)
 
 
 def test_every_data_option_is_a_command_line_key(tmp_path):

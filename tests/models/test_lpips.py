@@ -8,22 +8,14 @@ import torch
 from latent_diffusion.models.lpips import LPIPS, load_lpips_params
 from latent_diffusion.weights import files
 from latent_diffusion.weights.mapping import WeightImportError
-from tests.lpips_fixtures import HEADS, write_random_vgg
-
-
-@pytest.fixture(scope="module")
-def weight_files(tmp_path_factory):
-  """(reference module, VGG16 state dict file, heads file)."""
-  reference, vgg_path = write_random_vgg(tmp_path_factory.mktemp("lpips"))
-  return reference, vgg_path, HEADS
 
 
 def relative_error(ours, reference) -> float:
   return float(np.linalg.norm(np.asarray(ours) - reference) / np.linalg.norm(reference))
 
 
-def test_distances_equal_the_lpips_package(weight_files):
-  reference, vgg_path, heads_path = weight_files
+def test_distances_equal_the_lpips_package(random_lpips):
+  reference, vgg_path, heads_path = random_lpips
   params = load_lpips_params(vgg_path, heads_path)
   rng = np.random.default_rng(0)
   x0 = rng.uniform(-1, 1, (3, 36, 44, 3)).astype(np.float32)   # odd stage sizes exercise the pools' flooring
@@ -37,8 +29,8 @@ def test_distances_equal_the_lpips_package(weight_files):
   np.testing.assert_allclose(jax.jit(LPIPS().apply)({"params": params}, x0, x0), 0.0, atol=1e-7)
 
 
-def test_missing_or_unset_weight_files_say_what_to_provide(weight_files, tmp_path):
-  _, vgg_path, heads_path = weight_files
+def test_missing_or_unset_random_lpips_say_what_to_provide(random_lpips, tmp_path):
+  _, vgg_path, heads_path = random_lpips
   with pytest.raises(FileNotFoundError, match="torchvision VGG16 ImageNet state dict.*lpips.vgg_path.*Nothing is "):
     load_lpips_params(None, heads_path)
   with pytest.raises(FileNotFoundError, match="LPIPS heads weights: the lpips v0.1 VGG linear heads.*not found: "
@@ -46,8 +38,8 @@ def test_missing_or_unset_weight_files_say_what_to_provide(weight_files, tmp_pat
     load_lpips_params(vgg_path, tmp_path / "absent.pth")
 
 
-def test_wrong_shapes_and_missing_tensors_are_listed(weight_files, tmp_path):
-  _, vgg_path, heads_path = weight_files
+def test_wrong_shapes_and_missing_tensors_are_listed(random_lpips, tmp_path):
+  _, vgg_path, heads_path = random_lpips
   trunk = files.read_checkpoint(vgg_path)
   trunk["features.28.weight"] = trunk["features.28.weight"][:256]     # a VGG with a narrower last conv
   del trunk["features.0.bias"]

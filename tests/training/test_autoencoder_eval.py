@@ -1,6 +1,5 @@
 """The stage-1 evaluator: PSNR / SSIM / LPIPS per image, codebook usage over the validation set, the grid."""
 
-import flax.linen as nn
 import jax
 import numpy as np
 
@@ -8,16 +7,16 @@ from latent_diffusion import image_metrics
 from latent_diffusion.models import VQModel
 from latent_diffusion.models.lpips import LPIPS, load_lpips_params
 from latent_diffusion.training import autoencoder_eval
-from tests.lpips_fixtures import HEADS, write_random_vgg
+from tests.models.conftest import _random_params as random_model_params
 
 
-def test_evaluator_figures_equal_the_metrics_on_its_reconstructions(tmp_path):
-  _, vgg_path = write_random_vgg(tmp_path)
-  lpips_params = load_lpips_params(vgg_path, HEADS)
+def test_evaluator_figures_equal_the_metrics_on_its_reconstructions(random_lpips):
+  _, vgg_path, heads_path = random_lpips
+  lpips_params = load_lpips_params(vgg_path, heads_path)
   model = VQModel(in_channels=3, ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, embed_dim=3, groups=4,
                   num_embeddings=16)
   images = np.random.default_rng(0).uniform(-1, 1, (6, 16, 16, 3)).astype(np.float32)
-  params = nn.unbox(model.init(jax.random.key(0), images[:1])["params"])
+  params = random_model_params(model, images[:1])["params"]      # no jitted random init: it dominates compile time
   evaluator = autoencoder_eval.Evaluator(model, True, images, lpips_params, grid_images=2, batch_size=4)
   results = evaluator(params)     # 6 images in batches of 4: the last one padded
   recon, indices = jax.jit(lambda p, x: autoencoder_eval.reconstruct(model, p, x))(params, images)
