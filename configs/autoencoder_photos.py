@@ -23,23 +23,25 @@ def get_config(variant: str = "kl"):
   data = config.data
   data.name = "sample_photos"
   data.image_size = 64
-  data.batch_size = 16
+  data.batch_size = 8
   data.flip = True
 
   ae = config.autoencoder
   ae.regularization = variant.split("_")[0]
-  # f = 4 (64x64x3 <-> 16x16x3), the paper's KL-f4 / VQ-f4 shape at a CPU-sized width.
-  ae.model.update(in_channels=3, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=3, embed_dim=3, groups=8)
-  # VQ-f4 with a CPU-sized codebook; EMA updates and restarts keep it in use.
+  # f = 4 (64x64x3 <-> 16x16x3): the paper's KL-f4 / VQ-f4 latent shape, at a CPU-sized width.
+  ae.model.update(in_channels=3, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=3, embed_dim=3, groups=8)
+  # VQ-f4 with a CPU-sized codebook (a batch has 2048 latents); EMA updates and restarts keep it in use.
   ae.vq.update(num_embeddings=512, codebook_update="ema", dead_code_threshold=0.5)
-  # The paper's loss: KL 1e-6, disc_weight 0.5 with the adaptive weight, hinge loss, PatchGAN 3 layers.
+  # The paper's loss: KL weight 1e-6, PatchGAN with the adaptive weight times 0.5, hinge loss, from disc_start
+  # (here half-way); 2 stride-2 layers give 34x34-pixel patches on 64x64 crops (the paper: 3 on 256x256).
   ae.loss.disc_weight = 0.5 if variant.endswith("_gan") else 0.0
-  ae.loss.disc_start = 1500
-  ae.discriminator.update(ch=32, num_layers=3)
-  # Adam(0.5, 0.9) as the paper, at a learning rate for a few thousand steps; constant after a short warmup.
+  ae.loss.disc_start = 500
+  ae.discriminator.update(ch=32, num_layers=2)
+  # Adam(0.5, 0.9) for both players as the paper, at a rate for a thousand steps; constant after a short warmup.
   for optim in (ae.optim, ae.disc_optim):
-    optim.update(lr=4e-4, warmup_steps=100, schedule="constant", grad_clip=0.0)
-  ae.loop.update(train_steps=3000, log_every_steps=100, eval_every_steps=500, checkpoint_every_steps=500,
-                 ema_decay=0.999)
+    optim.update(lr=5e-4, warmup_steps=50, schedule="constant", grad_clip=0.0)
+  # No EMA (as the paper's autoencoders): the figures are those of the trained weights after the GAN phase.
+  ae.use_ema = False
+  ae.loop.update(train_steps=1000, log_every_steps=50, eval_every_steps=250, checkpoint_every_steps=250)
   ae.eval_examples = 512   # all 114 validation tiles
   return config

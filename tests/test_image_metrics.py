@@ -29,8 +29,9 @@ def test_ssim_equals_skimage(pairs, gaussian):
   assert 0.2 < min(theirs) < max(theirs) < 0.95
   np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
   grey = np.asarray(image_metrics.ssim(clean[..., :1] * 2 - 1, distorted[..., :1] * 2 - 1, data_range=2.0))
-  np.testing.assert_allclose(grey, [reference.structural_similarity(c[..., 0] * 2 - 1, d[..., 0] * 2 - 1, data_range=2.0)
-                                    for c, d in zip(clean, distorted)], rtol=1e-5, atol=1e-5)
+  theirs = [reference.structural_similarity(c[..., 0] * 2 - 1, d[..., 0] * 2 - 1, data_range=2.0)
+            for c, d in zip(clean, distorted)]
+  np.testing.assert_allclose(grey, theirs, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(image_metrics.ssim(clean, clean), 1.0, rtol=1e-6)
 
 

@@ -19,7 +19,8 @@ def _skimage(name: str):
     try:
       import skimage.data  # pylint: disable=import-outside-toplevel
     except ImportError:
-      raise ImportError(f"Photo {name!r} ships with scikit-image: pip install scikit-image (requirements.txt).") from None
+      raise ImportError(f"Photo {name!r} ships with scikit-image: pip install scikit-image "
+                        "(requirements.txt).") from None
     return getattr(skimage.data, name)()
   return load
 

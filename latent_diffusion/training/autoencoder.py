@@ -85,8 +85,9 @@ def build(config) -> Stage1:
   steps = ae.loop.train_steps
   adversarial = ae.loss.disc_weight > 0
   discriminator = NLayerDiscriminator(**ae.discriminator) if adversarial else None
+  disc_tx = make_optimizer(ae.disc_optim, steps) if adversarial else None
   return Stage1(config=ae, model=build_model(config), discriminator=discriminator,
-                tx=make_optimizer(ae.optim, steps), disc_tx=make_optimizer(ae.disc_optim, steps) if adversarial else None)
+                tx=make_optimizer(ae.optim, steps), disc_tx=disc_tx)
 
 
 def load_lpips(config) -> dict | None:
@@ -120,7 +121,9 @@ def _init_fn(stage1: Stage1, config):
   def init_boxed(rng):
     params = stage1.model.init({"params": rng, "sample": rng}, dummy)["params"]
     logvar = jnp.asarray(config.autoencoder.loss.logvar_init, jnp.float32)
-    disc_params = stage1.discriminator.init(jax.random.fold_in(rng, 1), dummy)["params"] if stage1.discriminator else None
+    disc_params = None
+    if stage1.discriminator is not None:
+      disc_params = stage1.discriminator.init(jax.random.fold_in(rng, 1), dummy)["params"]
     stats = None
     if stage1.is_vq:
       stats = codebook.init_stats(nn.unbox(params)[codebook.CODEBOOK[0]][codebook.CODEBOOK[1]])

@@ -48,7 +48,8 @@ def trajectory(shape, initial, batches) -> dict:
   # Sums of the discriminator and the codebook statistics (the autoencoder shows in the metrics; some of its
   # parameters, e.g. attention key biases, have gradients that are zero up to rounding, which Adam amplifies).
   leaves = jax.tree_util.tree_leaves_with_path(jax.device_get((state.disc_params, state.codebook_stats)))
-  return {"metrics": metrics, "sums": {jax.tree_util.keystr(path): float(np.sum(np.abs(leaf))) for path, leaf in leaves}}
+  sums = {jax.tree_util.keystr(path): float(np.sum(np.abs(leaf))) for path, leaf in leaves}
+  return {"metrics": metrics, "sums": sums}
 
 
 def initial_state(config):
