@@ -68,6 +68,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       # Data set by name (latent_diffusion.data.DATASETS).
       name="digits",
+      # Where the image sources read each split: a tar shard pattern ('laion/{00000..00127}.tar'), a class-folder
+      # root, or a TFDS split spec (e.g. 'validation[:1000]').
+      train_path=ml_collections.config_dict.placeholder(str),
+      val_path=ml_collections.config_dict.placeholder(str),
+      # name='tfds': a tfds.features.Text feature holding captions (None: the class name is the caption).
+      tfds_caption_key=ml_collections.config_dict.placeholder(str),
       # Image side in pixels after resizing (the height, if image_width is set).
       image_size=16,
       # Image width in pixels; None: square images (image_size).
@@ -230,8 +236,10 @@ def get_config() -> ml_collections.ConfigDict:
       min_size=0,
       # Decoding threads per process.
       num_threads=4,
-      # A local tokenizer folder (e.g. a pipeline's tokenizer/): also store the caption's token ids.
-      tokenizer=ml_collections.config_dict.placeholder(str),
+      # Text stored with each record, by the tokenizer / encoder of config.ldm.conditioning.text: 'none',
+      # 'tokens' (token ids, and the mask with use_attention_mask) or 'context' (also the frozen encoder's
+      # outputs, so that stage 2 runs no text encoder: text.source='context').
+      text="none",
       log_every_steps=20,
   ))
 

@@ -40,9 +40,17 @@ def _request_size(request: dict) -> int | None:
 
 
 class Generator:
-  """Samples images from a LatentDiffusion bundle; compiled functions are cached per shape and settings."""
+  """Samples images from a LatentDiffusion bundle; compiled functions are cached per shape and settings.
 
-  def __init__(self, model: LatentDiffusion):
+  The parameters go to the devices once, here: sharded over `mesh` by their logical axes (with `mesh_config`),
+  or committed to the default device; calls never transfer them again.
+  """
+
+  def __init__(self, model: LatentDiffusion, mesh=None, mesh_config=None):
+    if mesh is not None:
+      model = model.placed(mesh, mesh_config)
+    else:
+      model = dataclasses.replace(model, params=jax.device_put(model.params))
     self.model = model
     self._compiled = {}
 

@@ -29,7 +29,8 @@ IMAGE_SOURCES = {
     "tar_shards": lambda path, cfg: TarShardSource(path, cache_dir=cfg.get("index_cache_dir")),
     "image_folder": lambda path, cfg: ImageFolderSource(path),
     # path: the TFDS split spec (e.g. 'validation[:1000]') of the prepared data set cfg.tfds_name.
-    "tfds": lambda path, cfg: TfdsSource(cfg.get("tfds_name"), path, data_dir=cfg.get("tfds_data_dir")),
+    "tfds": lambda path, cfg: TfdsSource(cfg.get("tfds_name"), path, data_dir=cfg.get("tfds_data_dir"),
+                                         caption_key=cfg.tfds_caption_key),
 }
 
 
@@ -38,7 +39,8 @@ def make_image_dataset(data_config, split: str) -> grain.MapDataset:
   'laion/{00000..00127}.tar'), a class-folder root ('image_folder') or a TFDS split spec ('tfds',
   e.g. 'validation[:1000]', with data_config.tfds_name and tfds_data_dir; ArrayRecord format).
 
-  Examples {'image': float32 [S, S, 3] in [-1, 1], 'label' (image_folder, tfds)}; optional config keys:
+  Examples {'image': float32 [S, S, 3] in [-1, 1], 'caption', 'key', 'label' (image_folder, tfds)}; optional
+  config keys:
   crop ('center' | 'random'), flip, min_size, max_aspect_ratio, seed, index_cache_dir. Undecodable
   or filtered records are dropped and counted (see latent_diffusion.data.images).
   """
@@ -52,7 +54,7 @@ def make_image_dataset(data_config, split: str) -> grain.MapDataset:
       source, image_size=data_config.image_size, crop=data_config.get("crop", "center"),
       flip=data_config.get("flip", False), seed=data_config.get("seed", 0), min_size=data_config.get("min_size", 0),
       max_aspect_ratio=data_config.get("max_aspect_ratio", float("inf")),
-      skips=images.SkipCounter(f"{data_config.name}/{split}"))
+      skips=images.SkipCounter(f"{data_config.name}/{split}"), text=True)
 
 
 # Data set name -> fn(data_config, split) returning a finite grain MapDataset of example dicts.

@@ -132,7 +132,9 @@ def encode_split(config, model: LatentDiffusion, split: str, batch_size: int = 2
   if "text" in model.conditioning and model.conditioning["text"].source == "context":
     if "caption" not in arrays:
       raise ValueError(f"config.data.name={config.data.name!r} gives no captions to encode for text conditioning.")
-    arrays["context"] = model.conditioning["text"].encode_texts([str(c) for c in arrays["caption"]])
+    captions, index = np.unique(np.array(["" if c is None else str(c) for c in arrays["caption"]]),
+                                return_inverse=True)          # each distinct caption encoded once
+    arrays["context"] = model.conditioning["text"].encode_texts(list(captions))[index]
   return arrays
 
 
