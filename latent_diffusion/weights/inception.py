@@ -47,7 +47,7 @@ def load_inception(path: str | pathlib.Path, dtype=jnp.float32) -> tuple[Incepti
         f"FID Inception weights not found at {path}. Evaluation reads them from a local file only: download "
         f"{WEIGHTS_FILE} once from {WEIGHTS_URL} (pytorch-fid's release; torch-fidelity's "
         f"weights-inception-2015-12-05-6726825d.pth holds the same tensors) and set the evaluator's "
-        f"inception_weights option (config.evaluate.inception_weights) to its path.")
+        f"config.evaluate.inception.weights to its path.")
   module = InceptionV3(dtype=dtype)
   state = files.read_checkpoint(path)
   params = import_params(state, rules(module), abstract_params(module), source=str(path),
