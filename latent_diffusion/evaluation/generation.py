@@ -39,11 +39,39 @@ def build_generate(config, unet, ae, scale_factor: float) -> Callable:
       config.ldm.diffusion.prediction_type, ldm.null_label(config))
 
 
-def load_generator(config, workdir: pathlib.Path, mesh):
-  """(generate, unet_params, ae_params): the compiled class-conditional sampler of a trained run."""
+@dataclasses.dataclass(eq=False)
+class TrainedModels:
+  """The modules and EMA params of a trained run (restoring them is the slow part: load once, sample often)."""
+  unet: object
+  unet_params: object
+  ae: object
+  ae_params: object
+  scale_factor: float
+
+  def generator(self, config) -> Generator:
+    """The sampler of config.sample (e.g. another guidance scale) on these weights."""
+    return Generator(build_generate(config, self.unet, self.ae, self.scale_factor), self.unet_params, self.ae_params)
+
+
+def load_trained(config, workdir: pathlib.Path, mesh) -> TrainedModels:
   ae, ae_params = autoencoder.load_params(config, workdir, mesh)
   unet, unet_params, scale_factor = ldm.load_params(config, workdir, mesh)
-  return build_generate(config, unet, ae, scale_factor), unet_params, ae_params
+  return TrainedModels(unet, unet_params, ae, ae_params, scale_factor)
+
+
+def load_generator(config, workdir: pathlib.Path, mesh):
+  """(generate, unet_params, ae_params): the compiled class-conditional sampler of a trained run."""
+  generator = load_trained(config, workdir, mesh).generator(config)
+  return generator.generate, generator.unet_params, generator.ae_params
+
+
+def with_guidance(config, guidance_scale: float | None):
+  """config, or a copy whose config.sample.guidance_scale is `guidance_scale` (None: unchanged)."""
+  if guidance_scale is None:
+    return config
+  config = config.copy_and_resolve_references()
+  config.sample.guidance_scale = guidance_scale
+  return config
 
 
 def replicated_key(mesh, seed: int, index: int) -> jax.Array:

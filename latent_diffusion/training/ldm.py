@@ -135,14 +135,17 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
     scale_factor = config.ldm.scale_factor
   logging.info("ldm: latent scale factor %.5f (scale_by_std=%s).", scale_factor, config.ldm.scale_by_std)
   model, tx, state, shardings = init_state(config, mesh, jax.random.fold_in(rng, 2))
+  from latent_diffusion.evaluation import periodic  # pylint: disable=import-outside-toplevel  (it imports this module)
+  eval_fn, eval_history = periodic.training_eval_fn(config, workdir, mesh, model, scale_factor)
   stage = loop.Stage(
       name="ldm", loop_config=config.ldm.loop, workdir=workdir / "ldm", state=state, state_shardings=shardings,
       step_fn=make_train_step(config, model, build_schedule(config), tx, scale_factor),
       dataset=latents, batch_size=config.data.batch_size, rng=jax.random.fold_in(rng, 3),
       seed=config.seed + 1, meta={"scale_factor": scale_factor, "config": config.to_json_best_effort()},
-      mesh=mesh, mesh_config=config.mesh)
+      eval_fn=eval_fn, mesh=mesh, mesh_config=config.mesh)
   state, meta, history = loop.train_stage(stage)
-  return {"scale_factor": meta["scale_factor"], "train_steps": int(state.step), **loop.loss_summary(history)}
+  evals = {"evals_during_training": eval_history} if eval_history else {}
+  return {"scale_factor": meta["scale_factor"], "train_steps": int(state.step), **loop.loss_summary(history), **evals}
 
 
 def load_params(config, workdir: pathlib.Path, mesh):
