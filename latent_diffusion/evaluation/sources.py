@@ -103,9 +103,9 @@ def _generated(cfg, ctx, name: str) -> Source:
     return Source(name, len(labels), batches)
 
   def collapsed_batches():
-    first, valid = next(generation.generated_batches(generator, np.arange(classes, dtype=np.int32), ctx.batch_size,
-                                                     seed, ctx.mesh, ctx.sharding))
-    one_per_class = ctx.to_host(first)[:valid]                                    # [classes, H, W, C]
+    per_class = generation.generated_batches(generator, np.arange(classes, dtype=np.int32), ctx.batch_size, seed,
+                                             ctx.mesh, ctx.sharding)
+    one_per_class = np.concatenate([ctx.to_host(images)[:valid] for images, valid in per_class])  # [classes, ...]
     rows = lambda ids: one_per_class[labels[ids]]
     for images, indices, valid in _read_rows(rows, np.arange(len(labels)), ctx.batch_size, ctx.sharding,
                                              one_per_class.shape[1:]):
