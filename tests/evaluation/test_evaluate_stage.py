@@ -32,7 +32,7 @@ def test_training_evaluates_the_ema_weights_periodically(trained_workdir):
   ldm = json.loads((trained_workdir / "metrics.json").read_text())["ldm"]
   history = ldm["evals_during_training"]
   assert [entry["step"] for entry in history] == [60] and history[0]["fid"] > 0  # tiny: eval at the last step
-  events = event_accumulator.EventAccumulator(str(trained_workdir / "ldm" / "tensorboard"),
+  events = event_accumulator.EventAccumulator(str(trained_workdir / "ldm" / "tensorboard" / "ldm"),
                                               size_guidance={event_accumulator.TENSORS: 0}).Reload()
   assert "val/fid" in events.Tags()["tensors"]
 

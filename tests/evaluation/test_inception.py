@@ -11,7 +11,6 @@ from latent_diffusion.evaluation import resizing
 from latent_diffusion.models.inception import InceptionV3
 from latent_diffusion.weights import inception as inception_weights
 from latent_diffusion.weights.mapping import WeightImportError
-from tests.evaluation.torch_references import import_torchvision
 
 
 def relative_error(ours, ref) -> float:
@@ -70,7 +69,6 @@ def test_loads_the_file_it_saved_exactly(weights):
 
 
 def test_pool3_features_match_pytorch_fid(weights, network, images_uint8, monkeypatch):
-  import_torchvision()
   import torch
   from pytorch_fid import inception as pytorch_fid_inception
 
@@ -86,7 +84,6 @@ def test_pool3_features_match_pytorch_fid(weights, network, images_uint8, monkey
 
 
 def test_features_and_logits_match_torch_fidelity(weights, network, images_uint8):
-  import_torchvision()
   import torch
   from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
@@ -102,7 +99,6 @@ def test_features_and_logits_match_torch_fidelity(weights, network, images_uint8
 
 @pytest.mark.parametrize("in_size", [(64, 48), (512, 400)])  # upsampling and (antialiased) downsampling
 def test_resize_conventions_match_their_tools(in_size):
-  import_torchvision()
   import torch
   import torch.nn.functional as F
   from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from latent_diffusion.evaluation import metrics, statistics
-from tests.evaluation.torch_references import import_torchvision
 
 
 def correlated_features(n: int, d: int, seed: int, shift: float = 0.0) -> np.ndarray:
@@ -51,7 +50,6 @@ def test_frechet_distance_equals_pytorch_fid(n):
 
 
 def test_kid_equals_torch_fidelity():
-  import_torchvision()
   import torch
   from torch_fidelity.metric_kid import kid_features_to_metric
 
@@ -69,7 +67,6 @@ def test_kid_equals_torch_fidelity():
 
 
 def test_streamed_inception_score_equals_torch_fidelity():
-  import_torchvision()
   import torch
   from torch_fidelity.metric_isc import isc_features_to_metric
 
@@ -84,7 +81,6 @@ def test_streamed_inception_score_equals_torch_fidelity():
 
 
 def test_precision_recall_equal_torch_fidelity_and_expose_collapse():
-  import_torchvision()
   import torch
   from torch_fidelity.metric_prc import prc_features_to_metric
 
