@@ -131,3 +131,22 @@ def test_wrong_weights_file_lists_the_mismatch(weights, tmp_path):
   torch.save(state, tmp_path / "broken.pth")
   with pytest.raises(WeightImportError, match=r"Mixed_7c\.branch_pool\.conv\.weight"):
     inception_weights.load_inception(tmp_path / "broken.pth")
+
+
+def test_inception_network_of_the_evaluation_reads_the_config(weights, network, images_uint8):
+  """The 'inception' network (config.evaluate.inception: file, convention) gives the model's outputs."""
+  import jax
+
+  from latent_diffusion import parallel
+  from latent_diffusion.evaluation import networks, runner
+  from latent_diffusion.evaluation.sources import Batch
+  from tests.conftest import tiny_config
+
+  config = tiny_config(f"evaluate.inception.weights={weights[1]}", "evaluate.inception.resize=clean_fid",
+                       "sample.batch_size=3")
+  ctx = runner.EvalContext(config, weights[1].parent, parallel.make_mesh(config.mesh), None, None, 1)
+  images = images_uint8 / 255.0
+  outputs = networks.NETWORKS["inception"](ctx).outputs(Batch(jax.device_put(images, ctx.sharding), None, 3))
+  expected = network(resizing.to_inception_input(images, "clean_fid"))
+  assert relative_error(outputs["pool3"], np.asarray(expected.pool3)) <= 1e-5
+  assert relative_error(outputs["logits_unbiased"], np.asarray(expected.logits_unbiased)) <= 1e-5
