@@ -69,12 +69,14 @@ def run(ctx: EvalContext, names) -> tuple[dict, dict]:
       requests[name] = EVALUATORS[evals[name].type].requests(evals[name], ctx)
     except Exception as e:  # pylint: disable=broad-except
       errors[name] = _error(e)
-  wanted = {r for roles in requests.values() for r in roles.values() if isinstance(r, Request)}
+  # In request order, never set order: every process must run the same networks in the same order (their
+  # collectives pair up across processes) and Python's string hashing differs between processes.
+  wanted = list(dict.fromkeys(r for roles in requests.values() for r in roles.values() if isinstance(r, Request)))
   results, failed = {}, {}
   for source_name in sorted({r.source for r in wanted}):
     _stream(ctx, source_name, [r for r in wanted if r.source == source_name], ctx.network_cache, results, failed,
             figures)
-  for network_name in {r.network for r in wanted} & ctx.network_cache.keys():
+  for network_name in sorted({r.network for r in wanted} & ctx.network_cache.keys()):
     figures.update(ctx.network_cache[network_name].info)
   for name, roles in requests.items():
     broken = [failed[r] for r in roles.values() if isinstance(r, Request) and r in failed]
