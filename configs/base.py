@@ -45,6 +45,44 @@ def loop(train_steps: int) -> ml_collections.ConfigDict:
   ))
 
 
+def eval_source(kind: str, **overrides) -> ml_collections.ConfigDict:
+  """An entry of config.evaluate.sources (latent_diffusion.evaluation.sources)."""
+  return ml_collections.ConfigDict(dict(
+      # generated | split | reconstruction.
+      kind=kind,
+      # split / reconstruction: the data split, and how many of its images (0 = all, else a fixed uniform subset).
+      split="val",
+      max_examples=0,
+      # generated: the guidance scale (None: config.sample.guidance_scale), and collapsed=True draws one sample
+      # per class and repeats it (a mode-collapsed generator, for sensitivity checks).
+      guidance_scale=ml_collections.config_dict.placeholder(float),
+      collapsed=False,
+  ) | overrides)
+
+
+def evaluator(type_name: str, **overrides) -> ml_collections.ConfigDict:
+  """An entry of config.evaluate.evals: evaluator `type_name` (latent_diffusion.evaluation.EVALUATORS)."""
+  return ml_collections.ConfigDict(dict(
+      type=type_name,
+      # The source evaluated, and what it is compared with: a source name or a reference .npz (mu, sigma; FID).
+      samples="samples",
+      reference="val",
+      # memorization: the training images whose nearest neighbours are measured.
+      train="train",
+      # The feature network and which of its outputs: digits_cnn features | inception pool3; the
+      # inception_score type takes logits (inception logits_unbiased).
+      network="digits_cnn",
+      output="features",
+      # precision_recall: k of the k-NN balls.
+      k=3,
+      # kid: random subsets and their size (torch-fidelity's defaults).
+      subsets=100,
+      subset_size=1000,
+      # inception_score: splits of the samples.
+      splits=10,
+  ) | overrides)
+
+
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Root seed: every random stream is folded from it (stage, step, process).
@@ -90,6 +128,8 @@ def get_config() -> ml_collections.ConfigDict:
       # data_dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets). Nothing is downloaded.
       tfds_name=ml_collections.config_dict.placeholder(str),
       tfds_data_dir=ml_collections.config_dict.placeholder(str),
+      # tfds: a tfds.features.Text feature holding captions (None: the class name is the caption).
+      tfds_caption_key=ml_collections.config_dict.placeholder(str),
       # tar_shards / image_folder / tfds: the shorter side is resized to image_size, then an image_size
       # square is cut at the 'center' or a 'random' place. flip (also sample_photos): mirror left-right w.p. 1/2.
       crop="center",
@@ -329,17 +369,71 @@ def get_config() -> ml_collections.ConfigDict:
       min_size=0,
       # Decoding threads per process.
       num_threads=4,
-      # A local tokenizer folder (e.g. a pipeline's tokenizer/): also store the caption's token ids.
-      tokenizer=ml_collections.config_dict.placeholder(str),
+      # Text stored with each record, by the tokenizer / encoder of config.ldm.conditioning.text: 'none',
+      # 'tokens' (token ids, and the mask with use_attention_mask) or 'context' (also the frozen encoder's
+      # outputs, so that stage 2 runs no text encoder: text.source='context').
+      text="none",
       log_every_steps=20,
   ))
 
   config.evaluate = ml_collections.ConfigDict(dict(
-      # Generated samples per class judged by the digits classifier.
+      # Generated samples per class of every 'generated' source (class-major order).
       samples_per_class=50,
+      # Noise of the generated sources (global batch b of config.sample.batch_size draws from
+      # fold_in(key(seed), b): the same samples on any device / process count) and of the fixed subsets.
+      seed=3,
       # Columns of the sample grid (one row per class).
       grid_columns=10,
-      # data.name='digit_pairs' (latent_diffusion.evaluate_pairs): prompts per set, judged half by half.
+      # At most this many features are kept per (source, network) for the k-NN metrics and KID (a fixed uniform
+      # subset beyond it; memory cap x feature size x 4 bytes). FID and IS stream their statistics and keep none.
+      max_kept_features=10_000,
+      # Image sets the evaluators compare, by name (latent_diffusion.evaluation.sources).
+      sources=dict(
+          samples=eval_source("generated"),
+          samples_no_guidance=eval_source("generated", guidance_scale=1.0),
+          collapsed=eval_source("generated", collapsed=True),
+          # As many real training images as generated samples: FIDs of equal sample sizes compare.
+          train=eval_source("split", split="train", max_examples=500),
+          val=eval_source("split", split="val"),
+          reconstruction_val=eval_source("reconstruction", split="val"),
+      ),
+      # Evaluators by name (type from latent_diffusion.evaluation.EVALUATORS); figure names in metrics.json
+      # follow the evaluator's name (see evaluators.py). The digits table: FID of the model, of real training
+      # images (the floor), of a collapsed generator and without guidance, all against the held-out split.
+      evals=dict(
+          sample_grid=evaluator("sample_grid"),
+          classifier_accuracy=evaluator("classifier_accuracy"),
+          fid=evaluator("fid"),
+          fid_real_floor=evaluator("fid", samples="train"),
+          fid_collapsed=evaluator("fid", samples="collapsed"),
+          fid_no_guidance=evaluator("fid", samples="samples_no_guidance"),
+          precision_recall=evaluator("precision_recall"),
+          precision_recall_collapsed=evaluator("precision_recall", samples="collapsed"),
+          precision_recall_no_guidance=evaluator("precision_recall", samples="samples_no_guidance"),
+          memorization=evaluator("memorization"),
+          reconstruction=evaluator("reconstruction", samples="reconstruction_val"),
+          fid_reconstruction=evaluator("fid", samples="reconstruction_val"),
+      ),
+      # Evaluators (names in evals) also run during stage-2 training every ldm.loop.eval_every_steps on the EMA
+      # weights, with this many samples per class; logged to TensorBoard and to metrics.json under 'ldm'.
+      during_training=("fid",),
+      training_samples_per_class=10,
+      # The FID InceptionV3 (network 'inception'): the local weights file pt_inception-2015-12-05-6726825d.pth
+      # (nothing is downloaded), the resize convention (pytorch_fid | torch_fidelity | clean_fid, see
+      # evaluation/resizing.py) and whether images are first rounded to 8 bits (as saved PNGs are).
+      inception=dict(weights=ml_collections.config_dict.placeholder(str), resize="clean_fid", quantize=True),
+      # The digits CNN trained at evaluation time on the real training split (network 'digits_cnn').
+      digits_cnn=dict(width=64, train_steps=400, batch_size=64, learning_rate=2e-3, seed=0),
+      # The digits SVM judge of classifier_accuracy (network 'svm_judge'): RBF kernel, this C.
+      svm_judge=dict(C=10.0),
+      # CLIP score (network 'clip'): a local transformers CLIPModel folder, and the prompt of class c:
+      # prompt.format(class_names[c]).
+      clip=dict(folder=ml_collections.config_dict.placeholder(str), prompt="a photo of the number {}",
+                class_names=("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")),
+      # Per-image metrics of the 'reconstruction' network (evaluation/reconstruction.py).
+      reconstruction=dict(metrics=("psnr",)),
+      # Evaluator 'digit_pairs' (text quickstart, latent_diffusion.evaluation.digit_pairs): prompts per set,
+      # each generated image judged half by half.
       digit_pairs=dict(
           samples_seen_pairs=160,
           samples_heldout_pairs=100,

@@ -44,7 +44,8 @@ def _encode_command(inputs, output, *extra):
   return [sys.executable, "-m", "latent_diffusion.encode", "--config=configs/tiny.py", f"--input={pattern}",
           f"--output={output}", f"--vae={vae}", "--config.data.name=tar_shards",
           f"--config.data.image_size={IMAGE_SIZE}", "--config.encode.batch_size=4",
-          f"--config.encode.tokenizer={vae.parent / 'tokenizer'}",
+          "--config.encode.text=tokens", "--config.ldm.conditioning.text.encoder=trained",
+          f"--config.ldm.conditioning.text.tokenizer_path={vae.parent / 'tokenizer'}",
           "--config.encode.records_per_shard=5", *extra]
 
 

@@ -90,26 +90,28 @@ class TextConditioner(Conditioner):
     return ("tokens",) + (("token_mask",) if self.use_attention_mask else ())
 
   def prepare(self, example: dict) -> dict | None:
+    """A record without a caption (None or no field) is counted and trained as the empty prompt, or dropped
+    (missing_caption='skip'); stored tokens / contexts of such records are those of '' (latent_diffusion.encode)."""
     key = example.get("key", "")
-    if self.source != "caption":
-      missing = [name for name in self.input_fields() if name not in example]
-      if missing:
-        raise ValueError(f"Record {key!r} lacks {missing}: config.ldm.conditioning.text.source={self.source!r} "
-                         f"reads them from latent records written by latent_diffusion.encode (tokens with "
-                         f"--config.encode.tokenizer, context with --config.encode.text_encoder).")
-      inputs = {name: np.asarray(example[name]) for name in self.input_fields()}
-      length = inputs[self.input_fields()[0]].shape[0]
-      if length != self.max_length:
-        raise ValueError(f"Record {key!r} holds {self.source} of length {length}; the text conditioner uses "
-                         f"max_length={self.max_length} (config.ldm.conditioning.text.max_length).")
-      return inputs
     caption = example.get("caption")
     if caption is None:
       self.skips.skip("missing_caption", key)
       if self.missing_caption == "skip":
         return None
       caption = ""
-    return {name: value[0] for name, value in self.tokenize([caption]).items()}
+    if self.source == "caption":
+      return {name: value[0] for name, value in self.tokenize([caption]).items()}
+    missing = [name for name in self.input_fields() if name not in example]
+    if missing:
+      raise ValueError(f"Record {key!r} lacks {missing}: config.ldm.conditioning.text.source={self.source!r} "
+                       f"reads them from latent records written by latent_diffusion.encode with "
+                       f"--config.encode.text={'context' if self.source == 'context' else 'tokens'}.")
+    inputs = {name: np.asarray(example[name]) for name in self.input_fields()}
+    length = inputs[self.input_fields()[0]].shape[0]
+    if length != self.max_length:
+      raise ValueError(f"Record {key!r} holds {self.source} of length {length}; the text conditioner uses "
+                       f"max_length={self.max_length} (config.ldm.conditioning.text.max_length).")
+    return inputs
 
   def request_inputs(self, request: dict, num: int) -> dict:
     prompts = request.get("prompt")

@@ -30,7 +30,8 @@ IMAGE_SOURCES = {
     "tar_shards": lambda path, cfg: TarShardSource(path, cache_dir=cfg.index_cache_dir),
     "image_folder": lambda path, cfg: ImageFolderSource(path),
     # path: the TFDS split spec (e.g. 'validation[:1000]') of the prepared data set cfg.tfds_name.
-    "tfds": lambda path, cfg: TfdsSource(cfg.tfds_name, path, data_dir=cfg.tfds_data_dir),
+    "tfds": lambda path, cfg: TfdsSource(cfg.tfds_name, path, data_dir=cfg.tfds_data_dir,
+                                         caption_key=cfg.tfds_caption_key),
 }
 
 
@@ -39,8 +40,8 @@ def make_image_dataset(data_config, split: str) -> grain.MapDataset:
   'laion/{00000..00127}.tar'), a class-folder root ('image_folder') or a TFDS split spec ('tfds',
   e.g. 'validation[:1000]', with data_config.tfds_name and tfds_data_dir; ArrayRecord format).
 
-  Examples {'image': float32 [S, S, 3] in [-1, 1], 'label' (image_folder, tfds)}, transformed by
-  data_config.crop ('center' | 'random'), flip, min_size, max_aspect_ratio and seed (configs/base.py).
+  Examples {'image': float32 [S, S, 3] in [-1, 1], 'caption', 'key', 'label' (image_folder, tfds)}, transformed
+  by data_config.crop ('center' | 'random'), flip, min_size, max_aspect_ratio and seed (configs/base.py).
   Undecodable or filtered records are dropped and counted (see latent_diffusion.data.images).
   """
   if split not in SPLITS:
@@ -54,7 +55,7 @@ def make_image_dataset(data_config, split: str) -> grain.MapDataset:
   return images.image_dataset(
       source, image_size=data_config.image_size, crop=data_config.crop, flip=data_config.flip, seed=data_config.seed,
       min_size=data_config.min_size, max_aspect_ratio=data_config.max_aspect_ratio,
-      skips=images.SkipCounter(f"{data_config.name}/{split}"))
+      skips=images.SkipCounter(f"{data_config.name}/{split}"), text=True)
 
 
 # Data set name -> fn(data_config, split) returning a finite grain MapDataset of example dicts.

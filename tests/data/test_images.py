@@ -202,7 +202,8 @@ def test_configs_choose_the_source_by_name(shards, folder):
   pattern = str(source.shards[0].parent / "{00000..00002}.tar")
   config = data_config(name="tar_shards", image_size=SIZE, train_path=pattern, crop="random", flip=True, seed=3)
   examples = list(data.make_dataset(config, "train"))
-  assert len(examples) == len(expected) and sorted(examples[0]) == ["image"]
+  assert len(examples) == len(expected) and sorted(examples[0]) == ["caption", "image", "key"]
+  assert {e["key"]: e["caption"] for e in examples} == {k: want.caption for k, want in expected.items()}
   folders = data.make_dataset(data_config(name="image_folder", image_size=SIZE, train_path=str(folder[0])), "train")
   assert [e["label"] for e in folders] == [e.label for e in folder[1].values()]
   with pytest.raises(ValueError, match=r"config.data.val_path is not set.*'tar_shards'"):

@@ -146,15 +146,16 @@ def test_split_specs_and_datasets_without_labels(data_dir):
   assert len(both) == 4 + len(examples()["validation"])
   plain = TfdsSource("ldm_test_unlabelled", "train", data_dir=data_dir, label_key=None)
   assert [sorted(plain[i]) for i in range(2)] == [["caption", "image_bytes", "key", "metadata"]] * 2
-  assert [plain[i]["key"] for i in range(2)] == ["train/0", "train/1"] and plain[0]["caption"] == ""
+  assert [plain[i]["key"] for i in range(2)] == ["train/0", "train/1"] and plain[0]["caption"] is None
   assert sorted(next(iter(images.image_dataset(plain, image_size=SIZE)))) == ["image"]
 
 
 def test_config_chooses_tfds_with_the_split_as_path(data_dir):
   config = data_config(name="tfds", tfds_name="ldm_test_imagenet", tfds_data_dir=str(data_dir), image_size=SIZE,
-                       train_path="train", val_path="validation")
+                       train_path="train", val_path="validation", tfds_caption_key="file_name")
   val = list(data.make_dataset(config, "val"))
   assert sorted(e["label"] for e in val) == [0, 1, 2] and val[0]["image"].shape == (SIZE, SIZE, 3)
+  assert sorted(e["caption"] for e in val) == sorted(examples()["validation"])     # a Text feature as the caption
   assert len(list(data.make_dataset(config, "train"))) == len(examples()["train"]) - 2
 
 
