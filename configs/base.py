@@ -430,8 +430,9 @@ def get_config() -> ml_collections.ConfigDict:
       # prompt.format(class_names[c]).
       clip=dict(folder=ml_collections.config_dict.placeholder(str), prompt="a photo of the number {}",
                 class_names=("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")),
-      # Per-image metrics of the 'reconstruction' network (evaluation/reconstruction.py).
-      reconstruction=dict(metrics=("psnr",)),
+      # Per-image metrics of the 'reconstruction' network (evaluation/reconstruction.py): psnr | ssim | lpips (lpips
+      # needs the config.autoencoder.lpips weight files).
+      reconstruction=dict(metrics=("psnr", "ssim")),
       # Evaluator 'digit_pairs' (text quickstart, latent_diffusion.evaluation.digit_pairs): prompts per set,
       # each generated image judged half by half.
       digit_pairs=dict(

@@ -120,12 +120,12 @@ def _pixels(ctx) -> Network:
 
 
 def _reconstruction(ctx) -> Network:
-  metrics = reconstruction.resolve(ctx.config.evaluate.reconstruction.metrics)
+  names = ctx.config.evaluate.reconstruction.metrics
+  metrics = reconstruction.resolve(names)
 
-  def fn(params, images, originals):
-    del params
-    return {name: metric(images, originals) for name, metric in metrics.items()}
-  return Network(sharded_outputs(fn, {}, ctx, with_reference=True))
+  def fn(weights, images, originals):
+    return {name: metric(images, originals, weights) for name, metric in metrics.items()}
+  return Network(sharded_outputs(fn, reconstruction.load_weights(ctx.config, names), ctx, with_reference=True))
 
 
 def _clip(ctx) -> Network:

@@ -6,7 +6,7 @@ A source is named in config.evaluate.sources and has a kind:
                   sensitivity check a mode-collapsed generator must fail).
   split           real images of config.data's `split` (train / val), `max_examples` of them (0 = all; a
                   fixed uniform subset otherwise). Each process reads only the rows its devices hold.
-  reconstruction  a split's images through the trained autoencoder (encode -> posterior mode -> decode), with
+  reconstruction  a split's images through the trained autoencoder (KL: posterior mode, VQ: quantized; decoded), with
                   the originals as `reference` (PSNR & co., rFID).
 Every image is float32 [H, W, C] in [0, 1].
 """
@@ -19,7 +19,7 @@ import numpy as np
 
 from latent_diffusion import data
 from latent_diffusion.evaluation import generation
-from latent_diffusion.models import AutoencoderKL
+from latent_diffusion.training import autoencoder_eval
 
 
 @dataclasses.dataclass
@@ -77,10 +77,8 @@ def _reconstruction(cfg, ctx, name: str) -> Source:
   split = _split(cfg, ctx, name)
   ae, ae_params = ctx.autoencoder()
 
-  def reconstruct(params, images):
-    posterior = ae.apply({"params": params}, images * 2.0 - 1.0, method=AutoencoderKL.encode)
-    decoded = ae.apply({"params": params}, posterior.mode(), method=AutoencoderKL.decode)
-    return jax.numpy.clip((decoded + 1.0) / 2.0, 0.0, 1.0)
+  def reconstruct(params, images):   # KL: the posterior mode decoded; VQ: the quantized encoding decoded
+    return (autoencoder_eval.reconstruct(ae, params, images * 2.0 - 1.0)[0] + 1.0) / 2.0
   reconstruct = jax.jit(reconstruct, out_shardings=ctx.sharding)
 
   def batches():

@@ -1,9 +1,10 @@
-"""The stage-1 evaluator: PSNR / SSIM / LPIPS per image, codebook usage over the validation set, the grid."""
+"""The stage-1 evaluator (PSNR / SSIM / LPIPS per image, codebook usage, the grid) and the evaluate stage's registry."""
 
 import jax
 import numpy as np
 
 from latent_diffusion import image_metrics
+from latent_diffusion.evaluation import reconstruction
 from latent_diffusion.models import VQModel
 from latent_diffusion.models.lpips import LPIPS, load_lpips_params
 from latent_diffusion.training import autoencoder_eval
@@ -31,3 +32,8 @@ def test_evaluator_figures_equal_the_metrics_on_its_reconstructions(random_lpips
   assert grid.shape == (1, 32, 32, 3) and 0.0 <= grid.min() and grid.max() <= 1.0
   np.testing.assert_allclose(grid[0, 16:, 16:], unit(recon[1]), atol=1e-6)       # second reconstruction, bottom row
   assert "reconstructions" not in evaluator(params, with_grid=False)
+  # The evaluate stage's 'reconstruction' network computes the same figures by name (images in [0, 1]).
+  metrics = reconstruction.resolve(("psnr", "ssim", "lpips"))
+  weights = {"lpips": lpips_params}
+  for name, key in (("psnr", "psnr_db"), ("ssim", "ssim"), ("lpips", "lpips")):
+    np.testing.assert_allclose(np.mean(metrics[name](unit(recon), unit(images), weights)), results[key], rtol=1e-5)
