@@ -43,14 +43,16 @@ class Generator:
   """Samples images from a LatentDiffusion bundle; compiled functions are cached per shape and settings.
 
   The parameters go to the devices once, here: sharded over `mesh` by their logical axes (with `mesh_config`),
-  or committed to the default device; calls never transfer them again.
+  or, without a mesh, host arrays are committed to the default device (arrays already on devices, e.g.
+  replicated over a multi-process mesh, stay where they are); calls never transfer them again.
   """
 
   def __init__(self, model: LatentDiffusion, mesh=None, mesh_config=None):
     if mesh is not None:
       model = model.placed(mesh, mesh_config)
     else:
-      model = dataclasses.replace(model, params=jax.device_put(model.params))
+      place = lambda x: x if isinstance(x, jax.Array) else jax.device_put(x)
+      model = dataclasses.replace(model, params=jax.tree.map(place, model.params))
     self.model = model
     self._compiled = {}
 
