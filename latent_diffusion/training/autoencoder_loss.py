@@ -139,12 +139,14 @@ def discriminator_gradients(disc_apply: Callable[[Any, jax.Array], jax.Array], d
   """
   recon = jax.lax.stop_gradient(recon)
   disc_loss = DISCRIMINATOR_LOSSES[loss_config.disc_loss]
-  factor = jnp.where(gan_active(step, loss_config), loss_config.disc_factor, 0.0)
+  active = gan_active(step, loss_config)
+  factor = jnp.where(active, loss_config.disc_factor, 0.0)
 
   def loss_fn(p):
     logits_real, logits_fake = disc_apply(p, x), disc_apply(p, recon)
     loss = factor * disc_loss(logits_real, logits_fake)
-    return loss, {"disc_loss": loss, "logits_real": factor * jnp.mean(logits_real),
-                  "logits_fake": factor * jnp.mean(logits_fake)}
+    # The mean logits as they are once the GAN is on (0 before, as every GAN figure).
+    return loss, {"disc_loss": loss, "logits_real": jnp.where(active, jnp.mean(logits_real), 0.0),
+                  "logits_fake": jnp.where(active, jnp.mean(logits_fake), 0.0)}
 
   return jax.grad(loss_fn, has_aux=True)(disc_params)
