@@ -137,8 +137,9 @@ def test_vq_regularized_ldm_trains_and_samples(run):
   assert isinstance(model, VQModel)
   h = np.random.default_rng(0).normal(size=(2, 4, 4, config.autoencoder.model.embed_dim)).astype(np.float32)
   indices = model.apply({"params": params}, h, method=VQModel.quantize).indices
+  # (the straight-through output h + sg(q - h) equals the code q up to float32 rounding: 1.3e-6 seen on the pixels)
   np.testing.assert_allclose(model.apply({"params": params}, h, method=VQModel.decode),
-                             model.apply({"params": params}, indices, method=VQModel.decode_indices), atol=1e-6)
+                             model.apply({"params": params}, indices, method=VQModel.decode_indices), atol=1e-5)
   posterior = model.apply({"params": params}, np.zeros((1, 16, 16, 1), np.float32), method="latent_distribution")
   np.testing.assert_array_equal(posterior.sample(jax.random.key(0)), posterior.mean)
   saved = json.loads((workdir / "metrics.json").read_text())
