@@ -42,6 +42,9 @@ def loop(train_steps: int) -> ml_collections.ConfigDict:
       keep_checkpoints=2,
       # EMA decay of the parameters (the EMA weights are what sampling uses).
       ema_decay=0.999,
+      # A step whose loss or gradient norm is not finite is skipped (state unchanged) and counted; this
+      # many in a row stop the run with NonFiniteError (checked at log and checkpoint steps, no per-step sync).
+      max_consecutive_nonfinite_steps=10,
   ))
 
 

@@ -6,6 +6,8 @@
 
 Resumable and exactly once: rerun the same command after a crash. Multi-host: run it on every
 host with the flags of latent_diffusion.train (--coordinator_address ... or --auto_distributed).
+One job per output folder (a second one refuses, naming the holder). On SIGTERM it abandons its
+unfinished shards and exits with code 75 (latent_diffusion.preemption.PREEMPTED_EXIT_CODE).
 Stage 2 reads the output with --config.ldm.latents_path=latents/.
 """
 
@@ -15,7 +17,7 @@ import pathlib
 import jax
 from absl import app, flags, logging
 
-from latent_diffusion import cli_flags, configuration, data, encoding, parallel
+from latent_diffusion import cli_flags, configuration, data, encoding, parallel, preemption, workdir_lock
 from latent_diffusion.training import autoencoder, loop
 from latent_diffusion.weights import pretrained
 
@@ -48,14 +50,16 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   cli_flags.initialize_distributed()
+  preemption.install()
   config = configuration.parsed_config()
   mesh = parallel.make_mesh(config.mesh)
-  ae, ae_params, encoder_name = load_encoder(mesh)
-  source = data.IMAGE_SOURCES[config.data.name](_INPUT.value, config.data)
-  manifest = encoding.encode_to_shards(
-      source, pathlib.Path(_OUTPUT.value), ae, ae_params, image_size=config.data.image_size,
-      encode_config=config.encode, mesh=mesh, mesh_config=config.mesh,
-      encoder_name=encoder_name, skipped_at_index=source.skipped)
+  output = pathlib.Path(_OUTPUT.value)
+  with workdir_lock.hold(output, "encode job"):
+    ae, ae_params, encoder_name = load_encoder(mesh)
+    source = data.IMAGE_SOURCES[config.data.name](_INPUT.value, config.data)
+    manifest = encoding.encode_to_shards(
+        source, output, ae, ae_params, image_size=config.data.image_size, encode_config=config.encode, mesh=mesh,
+        mesh_config=config.mesh, encoder_name=encoder_name, skipped_at_index=source.skipped)
   summary = {k: manifest[k] for k in ("records", "source_records", "skipped_counts", "last_run_throughput")}
   print(json.dumps(summary, indent=1))
 

@@ -4,7 +4,10 @@ Exactly once by construction: record i of the source's global order belongs to o
 i // records_per_shard. A shard is written by one process (shard s by process s % P) to
 '<shard>.partial', then renamed, then described by a JSON sidecar (records, skipped keys by
 reason); a rerun redoes only the shards without a sidecar. So a job killed at any point and run
-again ends with the output of an uninterrupted run. All processes make the same number of encoder
+again ends with the output of an uninterrupted run. On SIGTERM all processes stop after the same
+encoder call (latent_diffusion.preemption), write what that call produced, commit the shards it
+completed, abandon the others (their '.partial' files are removed) and exit with
+PREEMPTED_EXIT_CODE; the rerun redoes the abandoned shards. All processes make the same number of encoder
 calls on one global batch sharded over (data, fsdp); slots after a process's last record are
 padding. Host work (decoding, writing) overlaps the device: step k+1 is dispatched before the
 results of step k are written.
@@ -25,7 +28,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from latent_diffusion import parallel
+from latent_diffusion import parallel, preemption
 from latent_diffusion.data import images as image_transforms
 from latent_diffusion.data import latent_shards, tokenization
 from latent_diffusion.models import AutoencoderKL
@@ -143,6 +146,15 @@ class _ShardWriters:
     if record == shard.stop - 1:
       self._commit(shard)
 
+  def abandon(self) -> list[str]:
+    """Closes and deletes this process's unfinished shards (a rerun redoes them); returns their names."""
+    names = []
+    for index in sorted(self.open):
+      writer, _ = self.open.pop(index)
+      writer.abandon()
+      names.append(self.shards[index].name)
+    return names
+
   def _commit(self, shard: Shard) -> None:
     writer, skipped = self.open.pop(shard.index)
     writer.commit()
@@ -211,6 +223,7 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
 
   # Throughput counts from the end of step 0, whose dispatch includes compiling the encoder.
   start, pending, done = time.perf_counter(), None, 0
+  preemption.install()
   for step in range(steps):
     local = next(batches)
     arrays = parallel.global_batch({"image": local["image"], "record": local["record"]}, sharding)
@@ -226,6 +239,12 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
       rate = done / (time.perf_counter() - start)
       logging.info("encode: step %d/%d, %.1f images/s, ETA %.0f s", step + 1, steps, rate, (steps - step - 1) *
                    global_batch / rate)
+    if preemption.reached() and step + 1 < steps:   # every process, every call: they stop at the same one
+      write(*pending)
+      abandoned = writers.abandon()
+      logging.warning("encode: abandoned unfinished shard(s) %s of this process; a rerun redoes them.", abandoned)
+      multihost_utils.sync_global_devices("encode: preempted")
+      raise preemption.Preempted("encode", step + 1)
   if pending is not None:
     write(*pending)
   seconds = time.perf_counter() - start

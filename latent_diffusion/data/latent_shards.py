@@ -57,6 +57,11 @@ class ShardWriter:
     self._writer.close()
     self._partial.replace(self.path)
 
+  def abandon(self) -> None:
+    """Closes and deletes the unfinished shard."""
+    self._writer.close()
+    self._partial.unlink(missing_ok=True)
+
 
 def shard_paths(directory: str | pathlib.Path) -> list[str]:
   """Sorted complete shard files of an encoding job's output directory."""
