@@ -70,11 +70,12 @@ def compile_step(step_fn: StepFn, rng: jax.Array, state_shardings, mesh, mesh_co
                  out_shardings=(state_shardings, parallel.replicated(mesh)))
 
 
-def _new_tally(metrics: dict) -> dict:
-  """Device-side running totals since the last log; 'streak' (consecutive non-finite steps) persists."""
-  zero = jnp.zeros((), jnp.int32)
-  return {"sums": {k: jnp.zeros_like(v) for k, v in metrics.items() if k != NONFINITE_METRIC},
-          "finite": zero, "nonfinite": zero, "streak": zero, "longest": zero}
+def _new_tally(metrics: dict, sharding) -> dict:
+  """Device-side running totals since the last log, placed like the metrics; 'streak' (consecutive
+  non-finite steps) persists across logs."""
+  zero = np.zeros((), np.int32)
+  return jax.device_put({"sums": {k: np.zeros(v.shape, v.dtype) for k, v in metrics.items() if k != NONFINITE_METRIC},
+                         "finite": zero, "nonfinite": zero, "streak": zero, "longest": zero}, sharding)
 
 
 @jax.jit
@@ -180,7 +181,7 @@ def _train(stage: Stage, checkpoints: StageCheckpoints) -> tuple[Any, dict, list
     batch = parallel.global_batch(next(batches), batch_sharding)
     with jax.transfer_guard("disallow"):
       state, metrics = step_fn(state, batch)
-    tally = _new_tally(metrics) if tally is None else tally
+    tally = _new_tally(metrics, parallel.replicated(stage.mesh)) if tally is None else tally
     with jax.transfer_guard("disallow"):
       tally = _add_to_tally(tally, metrics)
     progress(step)

@@ -1,0 +1,44 @@
+"""Run as a subprocess with 8 emulated CPU devices: a checkpoint written on one mesh resumes on a
+smaller one, against an uninterrupted run on the smaller mesh. Prints one JSON line:
+{case: {"resumed": [losses of steps 5..8], "uninterrupted": [...], "restored_spec": str, "devices": int}}.
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+assert "--xla_force_host_platform_device_count=8" in os.environ.get("XLA_FLAGS", ""), "set XLA_FLAGS first"
+
+import jax  # noqa: E402
+
+from latent_diffusion.training import loop  # noqa: E402
+from tests.robustness import toy_stage  # noqa: E402
+
+# case -> (mesh written on 8 devices, mesh resumed on the first 4 devices)
+CASES = {"fsdp 4 -> 2": ((2, 4, 1), (2, 2, 1)), "data 8 -> 4": ((8, 1, 1), (4, 1, 1))}
+HALF, STEPS = 4, 8
+
+
+def run(workdir: str, mesh_shape, devices, train_steps: int):
+  config = toy_stage.toy_config(train_steps=train_steps, mesh_shape=mesh_shape, checkpoint_every_steps=HALF)
+  config.toy.optim.schedule = "constant"   # so that stopping at HALF of 8 steps equals running HALF steps
+  state, _, history = loop.train_stage(toy_stage.toy_stage(config, workdir, devices=devices))
+  return state, [h["loss"] for h in history]
+
+
+def main():
+  results = {}
+  for case, (before, after) in CASES.items():
+    with tempfile.TemporaryDirectory() as resumed_dir, tempfile.TemporaryDirectory() as reference_dir:
+      run(resumed_dir, before, jax.devices(), HALF)
+      state, resumed = run(resumed_dir, after, jax.devices()[:4], STEPS)
+      _, uninterrupted = run(reference_dir, after, jax.devices()[:4], STEPS)
+    kernel = state.params["hidden"]["kernel"]
+    results[case] = {"resumed": resumed, "uninterrupted": uninterrupted[HALF:], "restored_spec": str(kernel.sharding.spec),
+                     "devices": len(kernel.sharding.device_set)}
+  print(json.dumps(results))
+
+
+if __name__ == "__main__":
+  sys.exit(main())
