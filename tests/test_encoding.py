@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from latent_diffusion import parallel
+from latent_diffusion.preemption import PREEMPTED_EXIT_CODE
 from latent_diffusion.data import images, latent_shards, tar_shards, tokenization
 from latent_diffusion.training import ldm
 from latent_diffusion.weights import pretrained
@@ -99,12 +100,12 @@ _KILLER = textwrap.dedent("""
     from latent_diffusion.data import latent_shards
     from latent_diffusion import encode
     from absl import app
-    writes, kill_at = [0], int(os.environ["KILL_AT_WRITE"])
+    writes, kill_at, sig = [0], int(os.environ["KILL_AT_WRITE"]), getattr(signal, os.environ["SIGNAL"])
     original = latent_shards.ShardWriter.write
     def write(self, example):
       writes[0] += 1
       if writes[0] == kill_at:   # mid-shard: earlier records of this shard are in its .partial file
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), sig)
       original(self, example)
     latent_shards.ShardWriter.write = write
     sys.argv = ["encode"] + sys.argv[1:]
@@ -115,7 +116,7 @@ _KILLER = textwrap.dedent("""
 def test_killed_mid_shard_then_rerun_equals_uninterrupted(inputs, uninterrupted, tmp_path):
   command = _encode_command(inputs, tmp_path)
   killed = subprocess.run([sys.executable, "-c", _KILLER, *command[3:]], capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ, KILL_AT_WRITE="8"))
+                          timeout=600, env=dict(os.environ, KILL_AT_WRITE="8", SIGNAL="SIGKILL"))
   assert killed.returncode == -9, killed.stderr[-3000:]
   assert list(tmp_path.glob("*.partial")) and not (tmp_path / "manifest.json").exists()
   finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -128,6 +129,27 @@ def test_killed_mid_shard_then_rerun_equals_uninterrupted(inputs, uninterrupted,
       np.testing.assert_array_equal(resumed[key][name], record[name])
   manifest = json.loads((tmp_path / "manifest.json").read_text())
   assert manifest["skipped"] == json.loads((uninterrupted / "manifest.json").read_text())["skipped"]
+
+
+def test_sigterm_abandons_the_unfinished_shard_and_the_rerun_completes_it(inputs, uninterrupted, tmp_path):
+  """SIGTERM mid-shard: the job writes what its last encoder call produced, commits the shards that
+  completes, deletes the unfinished shard's .partial file and exits 75; the rerun equals an
+  uninterrupted run."""
+  command = _encode_command(inputs, tmp_path)
+  stopped = subprocess.run([sys.executable, "-c", _KILLER, *command[3:]], capture_output=True, text=True,
+                           timeout=600, env=dict(os.environ, KILL_AT_WRITE="8", SIGNAL="SIGTERM"))
+  assert stopped.returncode == PREEMPTED_EXIT_CODE, stopped.stderr[-3000:]
+  # The signal came during the 8th record (shard 1); the step in flight completed shard 1 and began shard 2.
+  assert "encode: abandoned unfinished shard(s) ['latents-00002-of-00005']" in stopped.stderr
+  assert not list(tmp_path.glob("*.partial")) and not (tmp_path / "manifest.json").exists()
+  assert sorted(p.name for p in tmp_path.glob("*.json")) == ["latents-00000-of-00005.json", "latents-00001-of-00005.json"]
+  finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  resumed, reference = _read_output(tmp_path), _read_output(uninterrupted)
+  assert resumed.keys() == reference.keys()
+  for key, record in reference.items():
+    for name in ("latent_mean", "latent_logvar"):
+      np.testing.assert_array_equal(resumed[key][name], record[name])
 
 
 def test_stage_two_trains_on_the_latent_shards(uninterrupted, tmp_path):
