@@ -19,7 +19,6 @@ from absl import app, flags, logging
 
 from latent_diffusion import cli_flags, configuration, data, encoding, parallel, preemption, workdir_lock
 from latent_diffusion.training import autoencoder, loop
-from latent_diffusion.weights import pretrained
 
 _INPUT = flags.DEFINE_string("input", None, "Shard pattern (tar_shards) or class-folder root (image_folder).",
                              required=True)
@@ -35,6 +34,8 @@ def load_encoder(mesh):
   if (_AUTOENCODER.value is None) == (_VAE.value is None):
     raise app.UsageError("Give exactly one of --autoencoder (a training workdir) and --vae (a diffusers folder).")
   if _VAE.value:
+    # Imports transformers (seconds at start-up): only when a diffusers VAE is asked for.
+    from latent_diffusion.weights import pretrained  # pylint: disable=import-outside-toplevel
     vae, params, _ = pretrained.load_diffusers_vae(_VAE.value)
     return vae, jax.device_put(params, parallel.replicated(mesh)), f"diffusers {_VAE.value}"
   workdir = pathlib.Path(_AUTOENCODER.value)

@@ -30,7 +30,7 @@ from jax.experimental import multihost_utils
 
 from latent_diffusion import parallel, preemption
 from latent_diffusion.data import images as image_transforms
-from latent_diffusion.data import latent_shards, tokenization
+from latent_diffusion.data import latent_shards
 from latent_diffusion.models import AutoencoderKL
 
 OUTPUTS = ("moments", "sample")
@@ -198,6 +198,8 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
   skips = image_transforms.SkipCounter("encode")
   tokenize = None
   if encode_config.get("tokenizer"):
+    # transformers takes seconds to import: only jobs that tokenize pay for it.
+    from latent_diffusion.data import tokenization  # pylint: disable=import-outside-toplevel
     tokenizer = tokenization.load_tokenizer(encode_config.tokenizer)
     tokenize = lambda texts: tokenization.tokenize(tokenizer, texts)
   batches = _slot_iterator(source, all_slots[process], local_batch, steps, image_size,

@@ -22,7 +22,6 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-from clu import metric_writers, periodic_actions
 
 from latent_diffusion import parallel, preemption
 from latent_diffusion.training import resume
@@ -169,6 +168,9 @@ def _train(stage: Stage, checkpoints: StageCheckpoints) -> tuple[Any, dict, list
   if start >= cfg.train_steps:
     logging.info("%s: already trained (%d steps).", stage.name, start)
     return state, meta, []
+
+  # clu imports TensorFlow (seconds): only a job that trains pays for it, not encode or sample.
+  from clu import metric_writers, periodic_actions  # pylint: disable=import-outside-toplevel
 
   batch_sharding = parallel.batch_sharding(stage.mesh, stage.mesh_config)
   step_fn = compile_step(stage.step_fn, stage.rng, stage.state_shardings, stage.mesh, stage.mesh_config)
