@@ -80,6 +80,17 @@ def _committed(output) -> int:
   return len(list(output.glob("latents-*.json")))
 
 
+def _writing_since(output, started: float) -> bool:
+  """Whether this round's job has written records (a .partial shard modified after it started)."""
+  for path in output.glob("*.partial"):
+    try:
+      if path.stat().st_mtime > started:
+        return True
+    except FileNotFoundError:   # committed (renamed) meanwhile
+      pass
+  return False
+
+
 def _read(output) -> dict:
   """key -> record over every shard; fails on a duplicate key."""
   records = {}
@@ -111,8 +122,7 @@ def _chaos(inputs, uninterrupted, output, kills: int, seed: int) -> list[dict]:
     victim = chooser.randrange(2)
     started = time.time()
     jobs = _start(inputs, output)
-    encoding = lambda: any(p.stat().st_mtime > started for p in output.glob("*.partial"))
-    while (_committed(output) < target or not encoding()) and all(job.poll() is None for job in jobs):
+    while (_committed(output) < target or not _writing_since(output, started)) and all(j.poll() is None for j in jobs):
       time.sleep(0.01)
     time.sleep(extra)
     if any(job.poll() is not None for job in jobs):
