@@ -49,7 +49,7 @@ def _encode_command(inputs, output, *extra):
           "--config.encode.records_per_shard=5", *extra]
 
 
-def _read_output(directory) -> dict:
+def read_output(directory) -> dict:
   """key -> decoded record over every shard; fails on a duplicate key."""
   records = {}
   for path in latent_shards.shard_paths(directory):
@@ -71,7 +71,7 @@ def uninterrupted(inputs, tmp_path_factory):
 
 def test_every_good_record_is_encoded_once_and_skips_are_counted(inputs, uninterrupted):
   _, expected, skipped, _ = inputs
-  records = _read_output(uninterrupted)
+  records = read_output(uninterrupted)
   assert sorted(records) == sorted(expected)
   manifest = json.loads((uninterrupted / "manifest.json").read_text())
   assert manifest["records"] == len(expected)
@@ -90,7 +90,7 @@ def test_latents_equal_the_bare_encoder_on_the_same_images(inputs, uninterrupted
   dataset = images.image_dataset(tar_shards.TarShardSource(pattern), image_size=IMAGE_SIZE, text=True)
   examples = [ex for ex in dataset.to_iter_dataset()][:6]
   posterior = vae.apply({"params": params}, np.stack([ex["image"] for ex in examples]), method=type(vae).encode)
-  records = _read_output(uninterrupted)
+  records = read_output(uninterrupted)
   for i, ex in enumerate(examples):
     np.testing.assert_allclose(records[ex["key"]]["latent_mean"], posterior.mean[i], rtol=1e-5, atol=1e-5)
 
@@ -122,7 +122,7 @@ def test_killed_mid_shard_then_rerun_equals_uninterrupted(inputs, uninterrupted,
   finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
   assert finished.returncode == 0, finished.stderr[-3000:]
   assert not list(tmp_path.glob("*.partial"))
-  resumed, reference = _read_output(tmp_path), _read_output(uninterrupted)
+  resumed, reference = read_output(tmp_path), read_output(uninterrupted)
   assert resumed.keys() == reference.keys()
   for key, record in reference.items():
     for name in ("latent_mean", "latent_logvar"):
@@ -145,7 +145,7 @@ def test_sigterm_abandons_the_unfinished_shard_and_the_rerun_completes_it(inputs
   assert sorted(p.name for p in tmp_path.glob("*.json")) == ["latents-00000-of-00005.json", "latents-00001-of-00005.json"]
   finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
   assert finished.returncode == 0, finished.stderr[-3000:]
-  resumed, reference = _read_output(tmp_path), _read_output(uninterrupted)
+  resumed, reference = read_output(tmp_path), read_output(uninterrupted)
   assert resumed.keys() == reference.keys()
   for key, record in reference.items():
     for name in ("latent_mean", "latent_logvar"):
@@ -174,7 +174,7 @@ def test_two_processes_write_the_same_records_as_one(inputs, uninterrupted, tmp_
   for worker in workers:
     _, stderr = worker.communicate(timeout=600)
     assert worker.returncode == 0, stderr[-3000:]
-  resumed, reference = _read_output(tmp_path), _read_output(uninterrupted)
+  resumed, reference = read_output(tmp_path), read_output(uninterrupted)
   assert resumed.keys() == reference.keys()
   for key, record in reference.items():
     assert resumed[key]["caption"] == record["caption"]

@@ -9,8 +9,9 @@ A step folder `checkpoints/<step>/` holds three items:
 
 Saves are asynchronous; their errors surface at the next `check_for_errors`, `save` or `wait` as
 CheckpointSaveError. `restore_newest_good` walks the steps newest first: a step whose files are
-truncated or missing, or that was never committed, is skipped with a warning naming it and moved to
-`checkpoints_damaged/`, and the newest step that reads back completely is restored.
+truncated or missing, or that was never committed, is skipped with a warning naming it, and the
+newest step that reads back completely is restored (the damaged newer ones are then moved to
+`checkpoints_damaged/`); if none reads back, NoUsableCheckpointError lists them and nothing moves.
 """
 
 import pathlib
@@ -60,7 +61,8 @@ class StageCheckpoints:
     """read_only: for readers of another job's checkpoints (sampling, later stages), which must not
     remove a save in progress; the training loop, which holds the workdir, cleans up."""
     self.directory = pathlib.Path(directory).absolute()
-    uncommitted = sorted(p.name for p in self.directory.glob(f"*{_UNCOMMITTED}*")) if self.directory.is_dir() else []
+    owner = not read_only and self.directory.is_dir()
+    uncommitted = sorted(p.name for p in self.directory.glob(f"*{_UNCOMMITTED}*")) if owner else []
     if read_only:
       options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None, save_interval_steps=0)
     else:
@@ -70,7 +72,7 @@ class StageCheckpoints:
         state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler(),
         data_iterator=grain.checkpoint.CheckpointHandler()))
     self._pending = None   # the step of a save not yet confirmed committed
-    if read_only or not self.directory.is_dir():
+    if not owner:
       return
     # Step folders orbax does not list were never committed: on local disks a temporary name (removed
     # by the cleanup above), on object stores a folder without commit_success.txt.

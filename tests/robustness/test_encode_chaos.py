@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from latent_diffusion.data import latent_shards
 from tests.data import photo_fixtures
+from tests.test_encoding import read_output
 
 pytestmark = pytest.mark.slow
 RECORDS, PER_TAR, PER_SHARD = 2000, 250, 50
@@ -91,18 +91,6 @@ def _writing_since(output, started: float) -> bool:
   return False
 
 
-def _read(output) -> dict:
-  """key -> record over every shard; fails on a duplicate key."""
-  records = {}
-  for path in latent_shards.shard_paths(output):
-    reader = latent_shards.grain.sources.ArrayRecordDataSource([path])
-    for i in range(len(reader)):
-      record = latent_shards.decode_record(reader[i])
-      assert record["key"] not in records, f"record {record['key']} written twice"
-      records[record["key"]] = record
-  return records
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(inputs, tmp_path_factory):
   output = tmp_path_factory.mktemp("chaos_reference")
@@ -138,7 +126,7 @@ def _chaos(inputs, uninterrupted, output, kills: int, seed: int) -> list[dict]:
   assert len(faults) == kills, faults
   _finish(_start(inputs, output))
 
-  resumed, reference = _read(output), _read(uninterrupted)
+  resumed, reference = read_output(output), read_output(uninterrupted)
   assert len(resumed) == len(reference) == RECORDS - len(CORRUPT)   # every record exactly once
   assert resumed.keys() == reference.keys()
   for key, record in reference.items():

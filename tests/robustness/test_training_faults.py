@@ -1,6 +1,7 @@
 """The training loop's fault guarantees on a toy stage (real state, step, checkpoint and loop code):
 non-finite steps, damaged checkpoints, failed asynchronous saves, resuming with a changed config."""
 
+import json
 import logging
 import shutil
 
@@ -176,3 +177,35 @@ def test_harmless_config_changes_are_accepted_and_logged(uninterrupted, tmp_path
   assert "config.toy.loop.train_steps changed from 12 to 14 (accepted" in messages
   assert "config.toy.loop.log_every_steps changed from 1 to 2 (accepted" in messages
   assert int(state.step) == 14 and [h["step"] for h in history] == [14]
+
+
+def test_readers_skip_a_damaged_step_without_moving_it(uninterrupted, tmp_path, caplog):
+  """restore_trained / latest_meta / restore_ema_params (sampling, later stages) fall back to the
+  previous step but leave the damaged one where it is: they do not own the run's directory."""
+  source, reference, _ = uninterrupted
+  shutil.copytree(source / "toy", tmp_path / "toy")
+  _delete_manifest(tmp_path / "toy" / "checkpoints" / "12")
+  template = toy_stage(toy_config(), tmp_path).state
+  state, _ = loop.restore_trained(tmp_path / "toy", template)
+  assert int(state.step) == 8 and "Checkpoint step 12 in" in caplog.text
+  assert (tmp_path / "toy" / "checkpoints" / "12").is_dir() and not (tmp_path / "toy" / "checkpoints_damaged").exists()
+  assert json.loads(loop.latest_meta(tmp_path / "toy")["config"])["toy"]["width"] == 32
+  ema = loop.restore_ema_params(source / "toy", template.params)
+  for ours, ref in zip(jax.tree.leaves(ema), jax.tree.leaves(reference.ema_params), strict=True):
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_restore_ema_params_reads_only_the_ema_subtree(uninterrupted, monkeypatch):
+  """Partial restore from abstract shapes: no optimizer state is built or read."""
+  source, reference, _ = uninterrupted
+  stage = toy_stage(toy_config(), "/nonexistent")
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), stage.state.params,
+                          stage.state_shardings.params)
+  read = []
+  original = ocp.PyTreeCheckpointer.restore
+  monkeypatch.setattr(ocp.PyTreeCheckpointer, "restore",
+                      lambda self, directory, args=None: read.append(args.item) or original(self, directory, args=args))
+  ema = loop.restore_ema_params(source / "toy", abstract)
+  assert [list(item) for item in read] == [["ema_params"]]
+  for ours, ref in zip(jax.tree.leaves(ema), jax.tree.leaves(reference.ema_params), strict=True):
+    np.testing.assert_array_equal(ours, ref)
