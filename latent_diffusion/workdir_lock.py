@@ -56,7 +56,8 @@ def _acquire(directory: pathlib.Path, what: str) -> int:
                             f"Wait for it to finish or stop it, or use another directory.") from None
   stale = _holder(fd)
   if stale:
-    logging.warning("%s: taking over a stale lock of a job that did not exit cleanly (%s).", directory, _describe(stale))
+    logging.warning("%s: taking over a stale lock of a job that did not exit cleanly (%s).", directory,
+                    _describe(stale))
   record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")})
   os.ftruncate(fd, 0)
   os.pwrite(fd, record.encode(), 0)

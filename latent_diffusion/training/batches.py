@@ -43,7 +43,8 @@ class _ProcessBlocks(grain.MapDataset):
     return self._parent._getitems([self._parent_index(i) for i in indices])  # pylint: disable=protected-access
 
   def __str__(self) -> str:
-    return f"ProcessBlocks(global_batch={self._global}, rows={self._offset}:{self._offset + self._local}, start={self._start})"
+    rows = f"{self._offset}:{self._offset + self._local}"
+    return f"ProcessBlocks(global_batch={self._global}, rows={rows}, start={self._start})"
 
 
 def batch_iterator(dataset: grain.MapDataset, global_batch_size: int, seed: int,

@@ -51,7 +51,8 @@ def shape_differences(saved: dict[str, tuple[tuple[int, ...], str]], template: A
           for name in sorted(saved.keys() | now.keys()) if saved.get(name) != now.get(name)]
 
 
-def check_resume(stage: str, step: int, saved_meta: dict, saved_shapes: dict, current_meta: dict, template: Any) -> None:
+def check_resume(stage: str, step: int, saved_meta: dict, saved_shapes: dict, current_meta: dict,
+                 template: Any) -> None:
   """Raises ConfigMismatchError if the checkpoint's state does not fit `template`; logs accepted changes."""
   differences = []
   if "config" in saved_meta and "config" in current_meta:

@@ -2,7 +2,8 @@
 
 safetensors is parsed here (8-byte little-endian header length, JSON header, raw bytes) so that a
 truncated or corrupt file is reported with the tensor it breaks on, and bfloat16 / float16 files
-load through ml_dtypes; it refuses everything the `safetensors` library refuses (fuzz-tested). PyTorch pickles (.ckpt/.bin/.pt) need torch and load with weights_only.
+load through ml_dtypes; it refuses everything the `safetensors` library refuses (fuzz-tested).
+PyTorch pickles (.ckpt/.bin/.pt) need torch and load with weights_only.
 """
 
 import json
@@ -55,7 +56,7 @@ def _safetensors_layout(header: dict, data_bytes: int, bad) -> list[tuple[str, n
     if info.get("dtype") not in _DTYPES:
       raise bad(f"tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
     shape, offsets = info.get("shape"), info.get("data_offsets")
-    integers = lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+    integers = lambda v: isinstance(v, list) and all(type(x) is int and x >= 0 for x in v)  # bool is not an int here
     if not integers(shape):
       raise bad(f"tensor {name!r} has shape {shape!r}, not a list of non-negative integers")
     if not integers(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:

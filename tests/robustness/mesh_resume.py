@@ -35,8 +35,8 @@ def main():
       state, resumed = run(resumed_dir, after, jax.devices()[:4], STEPS)
       _, uninterrupted = run(reference_dir, after, jax.devices()[:4], STEPS)
     kernel = state.params["hidden"]["kernel"]
-    results[case] = {"resumed": resumed, "uninterrupted": uninterrupted[HALF:], "restored_spec": str(kernel.sharding.spec),
-                     "devices": len(kernel.sharding.device_set)}
+    results[case] = {"resumed": resumed, "uninterrupted": uninterrupted[HALF:],
+                     "restored_spec": str(kernel.sharding.spec), "devices": len(kernel.sharding.device_set)}
   print(json.dumps(results))
 
 

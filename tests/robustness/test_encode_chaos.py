@@ -36,7 +36,8 @@ def inputs(tmp_path_factory):
 
   root = tmp_path_factory.mktemp("chaos_inputs")
   rng = np.random.default_rng(0)
-  sources = {name: photo_fixtures._rgb(photo) for name, photo in photo_fixtures.photos().items()}  # pylint: disable=protected-access
+  rgb = lambda photo: np.repeat(photo[..., None], 3, axis=-1) if photo.ndim == 2 else photo
+  sources = {name: rgb(photo) for name, photo in photo_fixtures.photos().items()}
   names = sorted(sources)
   for tar in range(RECORDS // PER_TAR):
     members = []

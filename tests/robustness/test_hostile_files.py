@@ -76,6 +76,7 @@ def mutate(data: bytes, mutation) -> bytes:
 
 # --- safetensors: ours refuses everything the safetensors library refuses ---------------------------
 
+LOADED_DTYPES = files._DTYPES  # pylint: disable=protected-access  # what our reader loads
 _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "I32": np.int32, "U8": np.uint8, "I64": np.int64}
 tensor_specs = st.dictionaries(
     st.text("abcdefgh._", min_size=1, max_size=6),
@@ -134,7 +135,7 @@ def test_safetensors_parser_is_at_least_as_strict_as_the_library(fuzz_root):
       except WeightImportError as error:
         assert "is not a valid safetensors file" in str(error)
         ours = None
-    if accepted is not None and any(info["dtype"] not in files._DTYPES for _, info in accepted):  # pylint: disable=protected-access
+    if accepted is not None and any(info["dtype"] not in LOADED_DTYPES for _, info in accepted):
       assert ours is None   # a valid file of a dtype we do not load (e.g. U16): refused by name
       outcomes["library accepts, dtype we do not load: refused"] += 1
       return
@@ -142,7 +143,7 @@ def test_safetensors_parser_is_at_least_as_strict_as_the_library(fuzz_root):
               "ours accepts" if ours is not None else "ours refuses")] += 1
     assert not (accepted is None and ours is not None), "our parser accepted a file the safetensors library refuses"
     reference = None if accepted is None else {  # arrays rebuilt from the bytes the library hands back
-        name: np.frombuffer(bytes(info["data"]), files._DTYPES[info["dtype"]]).reshape(info["shape"])  # pylint: disable=protected-access
+        name: np.frombuffer(bytes(info["data"]), LOADED_DTYPES[info["dtype"]]).reshape(info["shape"])
         for name, info in accepted}
     if reference is not None and ours is not None:
       assert ours.keys() == reference.keys()
@@ -197,7 +198,8 @@ def _pipeline(path: pathlib.Path, cache: pathlib.Path | None = None):
   skips = images.SkipCounter("fuzz")
   source = tar_shards.TarShardSource(str(path), cache_dir=cache)
   dataset = images.image_dataset(source, image_size=16, skips=skips, text=True)
-  return {ex["key"]: ex["image"] for ex in dataset.to_iter_dataset()}, skips, set(str(k) for k in source._keys)  # pylint: disable=protected-access
+  indexed = {source[i]["key"] for i in range(len(source))}
+  return {ex["key"]: ex["image"] for ex in dataset.to_iter_dataset()}, skips, indexed
 
 
 def test_damaged_tar_shards_are_skipped_and_counted_exactly(fuzz_root, clean_tar):
