@@ -7,8 +7,8 @@ reason); a rerun redoes only the shards without a sidecar. So a job killed at an
 again ends with the output of an uninterrupted run. On SIGTERM all processes stop after the same
 encoder call (latent_diffusion.preemption), write what that call produced, commit the shards it
 completed, abandon the others (their '.partial' files are removed) and exit with
-PREEMPTED_EXIT_CODE; the rerun redoes the abandoned shards. All processes make the same number of encoder
-calls on one global batch sharded over (data, fsdp); slots after a process's last record are
+PREEMPTED_EXIT_CODE; the rerun redoes the abandoned shards. All processes make the same number of
+encoder calls on one global batch sharded over (data, fsdp); slots after a process's last record are
 padding. Host work (decoding, writing) overlaps the device: step k+1 is dispatched before the
 results of step k are written.
 """

@@ -62,9 +62,10 @@ def read_output(directory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(inputs, tmp_path_factory):
+def uninterrupted(inputs, tmp_path_factory, cached_compiles_env):
   output = tmp_path_factory.mktemp("encoded")
-  result = subprocess.run(_encode_command(inputs, output), capture_output=True, text=True, timeout=600)
+  result = subprocess.run(_encode_command(inputs, output), capture_output=True, text=True, timeout=600,
+                          env=cached_compiles_env)
   assert result.returncode == 0, result.stderr[-3000:]
   return output
 
@@ -113,13 +114,13 @@ _KILLER = textwrap.dedent("""
 """)
 
 
-def test_killed_mid_shard_then_rerun_equals_uninterrupted(inputs, uninterrupted, tmp_path):
+def test_killed_mid_shard_then_rerun_equals_uninterrupted(inputs, uninterrupted, tmp_path, cached_compiles_env):
   command = _encode_command(inputs, tmp_path)
   killed = subprocess.run([sys.executable, "-c", _KILLER, *command[3:]], capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ, KILL_AT_WRITE="8", SIGNAL="SIGKILL"))
+                          timeout=600, env=dict(cached_compiles_env, KILL_AT_WRITE="8", SIGNAL="SIGKILL"))
   assert killed.returncode == -9, killed.stderr[-3000:]
   assert list(tmp_path.glob("*.partial")) and not (tmp_path / "manifest.json").exists()
-  finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  finished = subprocess.run(command, capture_output=True, text=True, timeout=600, env=cached_compiles_env)
   assert finished.returncode == 0, finished.stderr[-3000:]
   assert not list(tmp_path.glob("*.partial"))
   resumed, reference = read_output(tmp_path), read_output(uninterrupted)
@@ -131,19 +132,20 @@ def test_killed_mid_shard_then_rerun_equals_uninterrupted(inputs, uninterrupted,
   assert manifest["skipped"] == json.loads((uninterrupted / "manifest.json").read_text())["skipped"]
 
 
-def test_sigterm_abandons_the_unfinished_shard_and_the_rerun_completes_it(inputs, uninterrupted, tmp_path):
+def test_sigterm_abandons_the_unfinished_shard_and_the_rerun_completes_it(inputs, uninterrupted, tmp_path,
+                                                                          cached_compiles_env):
   """SIGTERM mid-shard: the job writes what its last encoder call produced, commits the shards that
   completes, deletes the unfinished shard's .partial file and exits 75; the rerun equals an
   uninterrupted run."""
   command = _encode_command(inputs, tmp_path)
   stopped = subprocess.run([sys.executable, "-c", _KILLER, *command[3:]], capture_output=True, text=True,
-                           timeout=600, env=dict(os.environ, KILL_AT_WRITE="8", SIGNAL="SIGTERM"))
+                           timeout=600, env=dict(cached_compiles_env, KILL_AT_WRITE="8", SIGNAL="SIGTERM"))
   assert stopped.returncode == PREEMPTED_EXIT_CODE, stopped.stderr[-3000:]
   # The signal came during the 8th record (shard 1); the step in flight completed shard 1 and began shard 2.
   assert "encode: abandoned unfinished shard(s) ['latents-00002-of-00005']" in stopped.stderr
   assert not list(tmp_path.glob("*.partial")) and not (tmp_path / "manifest.json").exists()
   assert sorted(p.name for p in tmp_path.glob("*.json")) == [f"latents-0000{i}-of-00005.json" for i in (0, 1)]
-  finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  finished = subprocess.run(command, capture_output=True, text=True, timeout=600, env=cached_compiles_env)
   assert finished.returncode == 0, finished.stderr[-3000:]
   resumed, reference = read_output(tmp_path), read_output(uninterrupted)
   assert resumed.keys() == reference.keys()

@@ -56,13 +56,13 @@ def inputs(tmp_path_factory):
   return str(root / f"{{00000..{RECORDS // PER_TAR - 1:05d}}}.tar"), root / "vae"
 
 
-def _start(inputs, output):
+def _start(inputs, output, env):
   pattern, vae = inputs
   port = socket.socket()
   port.bind(("127.0.0.1", 0))
   coordinator = f"127.0.0.1:{port.getsockname()[1]}"
   port.close()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   return [subprocess.Popen(
       [sys.executable, "-m", "latent_diffusion.encode", "--config=configs/tiny.py", f"--input={pattern}",
        f"--output={output}", f"--vae={vae}", "--config.data.name=tar_shards", "--config.data.image_size=16",
@@ -93,13 +93,13 @@ def _writing_since(output, started: float) -> bool:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(inputs, tmp_path_factory):
+def uninterrupted(inputs, tmp_path_factory, cached_compiles_env):
   output = tmp_path_factory.mktemp("chaos_reference")
-  _finish(_start(inputs, output))
+  _finish(_start(inputs, output, cached_compiles_env))
   return output
 
 
-def _chaos(inputs, uninterrupted, output, kills: int, seed: int) -> list[dict]:
+def _chaos(inputs, uninterrupted, output, env, kills: int, seed: int) -> list[dict]:
   """Kills the job `kills` times at random points while it encodes (after a random number of shards
   committed in the round, plus a random delay), then runs it to completion; returns what each kill hit."""
   chooser, total, faults = random.Random(seed), RECORDS // PER_SHARD, []
@@ -110,7 +110,7 @@ def _chaos(inputs, uninterrupted, output, kills: int, seed: int) -> list[dict]:
     target, extra = done + chooser.randrange(max(total - done - 1, 1)), chooser.uniform(0.0, 0.2)
     victim = chooser.randrange(2)
     started = time.time()
-    jobs = _start(inputs, output)
+    jobs = _start(inputs, output, env)
     while (_committed(output) < target or not _writing_since(output, started)) and all(j.poll() is None for j in jobs):
       time.sleep(0.01)
     time.sleep(extra)
@@ -125,7 +125,7 @@ def _chaos(inputs, uninterrupted, output, kills: int, seed: int) -> list[dict]:
       job.wait()
     faults.append({"victim": victim, "shards_committed": _committed(output), "partial_files": partial})
   assert len(faults) == kills, faults
-  _finish(_start(inputs, output))
+  _finish(_start(inputs, output, env))
 
   resumed, reference = read_output(output), read_output(uninterrupted)
   assert len(resumed) == len(reference) == RECORDS - len(CORRUPT)   # every record exactly once
@@ -139,13 +139,13 @@ def _chaos(inputs, uninterrupted, output, kills: int, seed: int) -> list[dict]:
   return faults
 
 
-def test_encode_survives_two_random_kills(inputs, uninterrupted, tmp_path):
-  faults = _chaos(inputs, uninterrupted, tmp_path, kills=2, seed=0)
+def test_encode_survives_two_random_kills(inputs, uninterrupted, tmp_path, cached_compiles_env):
+  faults = _chaos(inputs, uninterrupted, tmp_path, cached_compiles_env, kills=2, seed=0)
   print("faults injected:", faults)
 
 
 @pytest.mark.long
 @pytest.mark.parametrize("seed", [1])
-def test_encode_survives_five_random_kills(inputs, uninterrupted, tmp_path, seed):
-  faults = _chaos(inputs, uninterrupted, tmp_path, kills=5, seed=seed)
+def test_encode_survives_five_random_kills(inputs, uninterrupted, tmp_path, cached_compiles_env, seed):
+  faults = _chaos(inputs, uninterrupted, tmp_path, cached_compiles_env, kills=5, seed=seed)
   print("faults injected:", faults)

@@ -29,8 +29,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(num_processes, workdir, out, steps=STEPS, example_delay=0.0):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+def _start(env, num_processes, workdir, out, steps=STEPS, example_delay=0.0):
+  env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   coordinator = f"127.0.0.1:{_free_port()}"
   return [subprocess.Popen([sys.executable, "-m", "tests.robustness.toy_worker", coordinator, str(num_processes),
                             str(i), str(workdir), str(steps), str(out), str(example_delay)],
@@ -53,16 +53,17 @@ def _steps(checkpoints) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory, cached_compiles_env):
   root = tmp_path_factory.mktemp("two_processes")
-  _finish(_start(2, root / "run", root / "out"))
+  _finish(_start(cached_compiles_env, 2, root / "run", root / "out"))
   return root
 
 
-def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_loses_nothing(uninterrupted, tmp_path):
+def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_loses_nothing(uninterrupted, tmp_path,
+                                                                                    cached_compiles_env):
   workdir, out = tmp_path / "run", tmp_path / "out"
   checkpoints = workdir / "toy" / "checkpoints"
-  jobs = _start(2, workdir, out, example_delay=0.05)
+  jobs = _start(cached_compiles_env, 2, workdir, out, example_delay=0.05)
   deadline = time.time() + 240
   while 20 not in _steps(checkpoints) and time.time() < deadline and all(j.poll() is None for j in jobs):
     time.sleep(0.05)
@@ -73,7 +74,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_loses_nothi
   assert stopped[0] == stopped[1] and 20 < stopped[0] < STEPS, stopped
   assert _steps(checkpoints)[-1] == stopped[0]   # saved exactly where both stopped: 0 steps lost
 
-  _finish(_start(2, workdir, out))
+  _finish(_start(cached_compiles_env, 2, workdir, out))
   history = _record(out)["history"]
   assert [h["step"] for h in history] == list(range(stopped[0] + 1, STEPS + 1))   # resumed where it stopped
   reference = _record(uninterrupted / "out")["history"]

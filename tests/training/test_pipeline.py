@@ -87,18 +87,19 @@ def _train_command(workdir):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_autoencoder(tmp_path_factory):
+def uninterrupted_autoencoder(tmp_path_factory, cached_compiles_env):
   workdir = tmp_path_factory.mktemp("uninterrupted")
-  assert subprocess.run(_train_command(workdir), capture_output=True, timeout=300).returncode == 0
+  run = subprocess.run(_train_command(workdir), capture_output=True, timeout=300, env=cached_compiles_env)
+  assert run.returncode == 0
   return workdir
 
 
-def _interrupt(workdir, signum) -> tuple[int, str]:
+def _interrupt(workdir, signum, env) -> tuple[int, str]:
   """Starts the job, sends `signum` once it has written two checkpoints; returns (exit code, its log)."""
   checkpoints = workdir / "autoencoder" / "checkpoints"
   log = workdir.parent / f"{workdir.name}.log"
   with open(log, "w") as stderr:
-    job = subprocess.Popen(_train_command(workdir), stdout=subprocess.DEVNULL, stderr=stderr)
+    job = subprocess.Popen(_train_command(workdir), stdout=subprocess.DEVNULL, stderr=stderr, env=env)
     try:
       deadline = time.time() + 240
       while len(_checkpoint_steps(checkpoints)) < 2 and time.time() < deadline and job.poll() is None:
@@ -109,8 +110,8 @@ def _interrupt(workdir, signum) -> tuple[int, str]:
   return job.returncode, log.read_text()
 
 
-def _assert_resumes_exactly(workdir, resumed_at, uninterrupted):
-  resumed = subprocess.run(_train_command(workdir), capture_output=True, text=True, timeout=300)
+def _assert_resumes_exactly(workdir, resumed_at, uninterrupted, env):
+  resumed = subprocess.run(_train_command(workdir), capture_output=True, text=True, timeout=300, env=env)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"autoencoder: resumed from checkpoint at step {resumed_at}." in resumed.stderr
   a = json.loads((workdir / "metrics.json").read_text())["autoencoder"]
@@ -126,21 +127,22 @@ def _assert_resumes_exactly(workdir, resumed_at, uninterrupted):
     np.testing.assert_array_equal(leaf_a, leaf_b)  # bitwise on CPU
 
 
-def test_killed_training_resumes_exactly_from_last_checkpoint(tmp_path, uninterrupted_autoencoder):
-  code, _ = _interrupt(tmp_path / "run", signal.SIGKILL)
+def test_killed_training_resumes_exactly_from_last_checkpoint(tmp_path, uninterrupted_autoencoder, cached_compiles_env):
+  code, _ = _interrupt(tmp_path / "run", signal.SIGKILL, cached_compiles_env)
   assert code == -signal.SIGKILL
   killed_at = StageCheckpoints(tmp_path / "run" / "autoencoder" / "checkpoints", read_only=True).latest_step()
   assert killed_at is not None and 10 <= killed_at < _STEPS, "the run was not killed mid-way"
-  _assert_resumes_exactly(tmp_path / "run", killed_at, uninterrupted_autoencoder)
+  _assert_resumes_exactly(tmp_path / "run", killed_at, uninterrupted_autoencoder, cached_compiles_env)
 
 
-def test_sigterm_saves_the_step_it_stops_at_and_resumes_exactly(tmp_path, uninterrupted_autoencoder):
+def test_sigterm_saves_the_step_it_stops_at_and_resumes_exactly(tmp_path, uninterrupted_autoencoder,
+                                                                 cached_compiles_env):
   """The user's preemption: SIGTERM mid-run -> a checkpoint at the step the job stopped at (not the
   last periodic one: 0 steps lost), exit code 75, and the rerun continues from exactly there."""
-  code, log = _interrupt(tmp_path / "run", signal.SIGTERM)
+  code, log = _interrupt(tmp_path / "run", signal.SIGTERM, cached_compiles_env)
   assert code == PREEMPTED_EXIT_CODE, log[-3000:]
   match = re.search(r"autoencoder: preempted \(SIGTERM\); stopped cleanly at step (\d+)\.", log)
   assert match, log[-3000:]
   stopped = int(match.group(1))
   assert 20 <= stopped < _STEPS and _checkpoint_steps(tmp_path / "run" / "autoencoder" / "checkpoints")[-1] == stopped
-  _assert_resumes_exactly(tmp_path / "run", stopped, uninterrupted_autoencoder)
+  _assert_resumes_exactly(tmp_path / "run", stopped, uninterrupted_autoencoder, cached_compiles_env)
