@@ -8,8 +8,8 @@ again ends with the output of an uninterrupted run. On SIGTERM all processes sto
 encoder call (latent_diffusion.preemption), write what that call produced, commit the shards it
 completed, abandon the others (their '.partial' files are removed) and exit with
 PREEMPTED_EXIT_CODE; the rerun redoes the abandoned shards. All processes make the same number of
-encoder calls on one global batch sharded over (data, fsdp); slots after a process's last record are
-padding. Host work (decoding, writing) overlaps the device: step k+1 is dispatched before the
+encoder calls on one global batch sharded over (data, fsdp); each shard starts a new batch, and slots
+after a shard's or a process's last record are padding. Host work (decoding, writing) overlaps the device: step k+1 is dispatched before the
 results of step k are written.
 """
 
@@ -61,10 +61,17 @@ def plan_shards(num_records: int, records_per_shard: int) -> list[Shard]:
   return [Shard(i, count, i * records_per_shard, min((i + 1) * records_per_shard, num_records)) for i in range(count)]
 
 
-def owned_slots(shards: list[Shard], output: pathlib.Path, process: int, num_processes: int) -> np.ndarray:
-  """Source record indices this process still has to encode, in order (its unfinished shards)."""
+def owned_slots(shards: list[Shard], output: pathlib.Path, process: int, num_processes: int,
+                local_batch: int) -> np.ndarray:
+  """Source record indices (-1: padding) this process still has to encode, in order: its unfinished
+  shards, each padded to whole local batches. So every batch holds the records of one shard at the
+  same slots in every run, fresh or resumed: XLA's CPU kernels can round an example differently
+  with other neighbours in the batch, and a resumed run must write bitwise the same latents."""
   mine = [s for s in shards if s.index % num_processes == process and not s.sidecar(output).is_file()]
-  return np.concatenate([np.arange(s.start, s.stop) for s in mine] + [np.zeros(0, np.int64)]).astype(np.int64)
+  blocks = [np.full(-(-(s.stop - s.start) // local_batch) * local_batch, -1, np.int64) for s in mine]
+  for block, shard in zip(blocks, mine):
+    block[:shard.stop - shard.start] = np.arange(shard.start, shard.stop)
+  return np.concatenate(blocks + [np.zeros(0, np.int64)])
 
 
 class _Slot(grain.transforms.Map):
@@ -193,7 +200,7 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
   local_batch = global_batch // num_processes
   # Every process must see the same set of finished shards before deciding its step count.
   multihost_utils.sync_global_devices("encode: listed finished shards")
-  all_slots = [owned_slots(shards, output, p, num_processes) for p in range(num_processes)]
+  all_slots = [owned_slots(shards, output, p, num_processes, local_batch) for p in range(num_processes)]
   steps = max(math.ceil(len(s) / local_batch) for s in all_slots)
   skips = image_transforms.SkipCounter("encode")
   tokenize = None
@@ -208,7 +215,7 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
   sharding = parallel.batch_sharding(mesh, mesh_config)
   writers = _ShardWriters(shards, encode_config.records_per_shard, output, skips)
   logging.info("encode: %d records in %d shards; this run: %d steps of %d images (%d remaining here).",
-               len(source), len(shards), steps, global_batch, len(all_slots[process]))
+               len(source), len(shards), steps, global_batch, int((all_slots[process] >= 0).sum()))
 
   def write(local: dict, latents: dict) -> None:
     latents = {k: np.asarray(v) for k, v in multihost_utils.global_array_to_host_local_array(

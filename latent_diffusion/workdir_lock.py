@@ -73,12 +73,13 @@ def hold(directory: str | pathlib.Path, what: str = "job"):
   if jax.process_index() == 0:
     try:
       fd = _acquire(directory, what)
-    except WorkdirInUseError as refused:
-      error = refused
+    except Exception as failure:  # pylint: disable=broad-except  # told to the others first, then raised
+      error = failure
   if jax.process_count() > 1:
     held = bool(multihost_utils.broadcast_one_to_all(np.int32(fd is not None)))
     if not held and error is None:
-      error = WorkdirInUseError(f"{directory} is in use by another {what} (process 0 names the holder).")
+      error = WorkdirInUseError(f"{directory} could not be locked by process 0 (its log says why: another {what} "
+                                f"holds it, or the folder is not writable).")
   if error is not None:
     raise error
   try:

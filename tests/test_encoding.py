@@ -3,6 +3,7 @@ latent shards; killed mid-shard and rerun equals an uninterrupted run; stage 2 t
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -134,17 +135,22 @@ def test_killed_mid_shard_then_rerun_equals_uninterrupted(inputs, uninterrupted,
 
 def test_sigterm_abandons_the_unfinished_shard_and_the_rerun_completes_it(inputs, uninterrupted, tmp_path,
                                                                           cached_compiles_env):
-  """SIGTERM mid-shard: the job writes what its last encoder call produced, commits the shards that
-  completes, deletes the unfinished shard's .partial file and exits 75; the rerun equals an
-  uninterrupted run."""
+  """SIGTERM mid-run: the job writes what its last encoder call produced, commits the shards that
+  completes, deletes the .partial file of any shard still unfinished and exits 75; the rerun equals
+  an uninterrupted run."""
   command = _encode_command(inputs, tmp_path)
   stopped = subprocess.run([sys.executable, "-c", _KILLER, *command[3:]], capture_output=True, text=True,
-                           timeout=600, env=dict(cached_compiles_env, KILL_AT_WRITE="8", SIGNAL="SIGTERM"))
+                           timeout=600, env=dict(cached_compiles_env, KILL_AT_WRITE="9", SIGNAL="SIGTERM"))
   assert stopped.returncode == PREEMPTED_EXIT_CODE, stopped.stderr[-3000:]
-  # The signal came during the 8th record (shard 1); the step in flight completed shard 1 and began shard 2.
-  assert "encode: abandoned unfinished shard(s) ['latents-00002-of-00005']" in stopped.stderr
+  # 22 records in shards of 5, batches of 4 (a shard starts a batch): the 9th valid record (#9, the
+  # last of shard 1) is written while the call holding records 10-13 runs; that call is written
+  # too, which leaves shard 2 unfinished: abandoned.
+  abandoned = re.search(r"encode: abandoned unfinished shard\(s\) \[(.*)\] of this process", stopped.stderr)
+  assert abandoned and re.findall(r"latents-\d+-of-\d+", abandoned.group(1)) == ["latents-00002-of-00005"]
+  committed = [f"latents-0000{i}-of-00005" for i in (0, 1)]
+  assert sorted(p.stem for p in tmp_path.glob("latents-*.json")) == committed
+  assert sorted(p.stem for p in tmp_path.glob(f"*{latent_shards.SUFFIX}")) == committed
   assert not list(tmp_path.glob("*.partial")) and not (tmp_path / "manifest.json").exists()
-  assert sorted(p.name for p in tmp_path.glob("*.json")) == [f"latents-0000{i}-of-00005.json" for i in (0, 1)]
   finished = subprocess.run(command, capture_output=True, text=True, timeout=600, env=cached_compiles_env)
   assert finished.returncode == 0, finished.stderr[-3000:]
   resumed, reference = read_output(tmp_path), read_output(uninterrupted)
