@@ -103,11 +103,13 @@ def _chaos(inputs, uninterrupted, output, env, kills: int, seed: int) -> list[di
   """Kills the job `kills` times at random points while it encodes (after a random number of shards
   committed in the round, plus a random delay), then runs it to completion; returns what each kill hit."""
   chooser, total, faults = random.Random(seed), RECORDS // PER_SHARD, []
-  for _ in range(50):   # attempts: a job that finishes before its kill point injects nothing
+  for _ in range(kills + 3):   # attempts: a job that finishes before its kill point injects nothing
     if len(faults) == kills:
       break
     done = _committed(output)
-    target, extra = done + chooser.randrange(max(total - done - 1, 1)), chooser.uniform(0.0, 0.2)
+    # A random point within this round's share of the remaining shards, so that every kill finds work.
+    share = max((total - done) // (kills - len(faults) + 1), 1)
+    target, extra = done + chooser.randrange(share), chooser.uniform(0.0, 0.05)
     victim = chooser.randrange(2)
     started = time.time()
     jobs = _start(inputs, output, env)
