@@ -169,7 +169,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.encode = ml_collections.ConfigDict(dict(
       # Images per encoder call, over all processes (latent_diffusion.encode).
       batch_size=64,
-      # Source records per output shard (the unit of resumption).
+      # Source records per output shard (the unit of resumption). Each shard starts a new encoder batch
+      # (bitwise-equal resumes), so a multiple of batch_size / processes wastes no slots.
       records_per_shard=1024,
       # 'moments' stores posterior mean and log-variance; 'sample' one z ~ q(z|x) per image.
       output="moments",
