@@ -1,12 +1,16 @@
-"""Times the quickstart's compiled pieces: stage-1 and stage-2 train steps, and CFG sampling.
+"""Times a config's compiled pieces: stage-1 and stage-2 train steps (with its conditioning), and CFG sampling.
 
   python benchmarks/quickstart_steps.py [--config=configs/quickstart.py] [--config.key=value ...]
+  python benchmarks/quickstart_steps.py --config=configs/text_quickstart.py     # precomputed text encodings
+  python benchmarks/quickstart_steps.py --config=configs/text_quickstart.py --config.ldm.conditioning.text.source=caption
+                                                                                # the frozen text encoder in the step
 
-Prints and writes benchmarks/results/quickstart_steps.json: compile seconds, then the median of
+Prints and writes benchmarks/results/steps_<config name>.json: compile seconds, then the median of
 `--repeats` timed runs (after warm-up) as steps/s and examples/s. Peers and larger workloads are
 the subject of the benchmark suite (issue 5).
 """
 
+import dataclasses
 import json
 import pathlib
 import statistics
@@ -19,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from latent_diffusion import configuration, parallel, sampling  # noqa: E402
+from latent_diffusion import configuration, data, generation, parallel  # noqa: E402
 from latent_diffusion.training import autoencoder, ldm  # noqa: E402
 
 
@@ -48,32 +52,46 @@ def main(argv):
   repeats = 20
   mesh = parallel.make_mesh(config.mesh)
   rng = jax.random.key(0)
-  bs, size = config.data.batch_size, config.data.image_size
+  bs = config.data.batch_size
   results = []
 
   ae_model, ae_tx, ae_state, _ = autoencoder.init_state(config, mesh, rng)
   ae_step = jax.jit(autoencoder.make_train_step(ae_model, config.autoencoder.loss, ae_tx, 0.99))
-  images = {"image": jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (bs, size, size, 1)), jnp.float32)}
+  height, width = data.image_shape(config.data)
+  shape = (bs, height, width, config.autoencoder.model.in_channels)
+  images = {"image": jnp.asarray(np.random.default_rng(0).uniform(-1, 1, shape), jnp.float32)}
   step = lambda s: ae_step(s, images, rng)[0]
   results.append(summary("autoencoder_train_step", *timed(step, ae_state, repeats=repeats), bs))
 
-  unet, tx, state, _ = ldm.init_state(config, mesh, rng)
-  h, w, c = ldm.latent_shape(config)
-  latents = {"latent_mean": jnp.zeros((bs, h, w, c)), "latent_logvar": jnp.zeros((bs, h, w, c)),
-             "label": jnp.zeros((bs,), jnp.int32)}
-  unet_step = jax.jit(ldm.make_train_step(config, unet, ldm.build_schedule(config), tx, 1.0))
-  step = lambda s: unet_step(s, latents, rng)[0]
-  results.append(summary("ldm_train_step", *timed(step, state, repeats=repeats), bs))
+  model = ldm.describe(config, None, mesh)
+  tx, state, _ = ldm.init_state(config, model, mesh, rng)
+  frozen, _ = ldm.frozen_params(model, mesh, config.mesh)
+  h, w, c = model.latent_shape
+  inputs = model.conditioning.example_inputs(bs, model.latent_shape)
+  latents = {"latent_mean": jnp.zeros((bs, h, w, c)), "latent_logvar": jnp.zeros((bs, h, w, c)), **inputs}
+  unet_step = jax.jit(ldm.make_train_step(model, tx, 1.0, config.ldm.loop.ema_decay))
+  step = lambda s: unet_step(s, latents, rng, frozen)[0]
+  results.append(summary(f"ldm_train_step ({model.conditioning.describe()})", *timed(step, state, repeats=repeats),
+                         bs))
 
-  generate = sampling.make_generate_fn(unet, ae_model, ldm.build_schedule(config), config.sample, (h, w, c), 1.0,
-                                       config.ldm.diffusion.prediction_type, ldm.null_label(config))
-  labels = jnp.arange(config.sample.batch_size, dtype=jnp.int32) % config.data.num_classes
-  results.append(summary(f"sample_{config.sample.sampler}{config.sample.num_steps}_cfg",
-                         *timed(generate, state.ema_params, ae_state.ema_params, rng, labels, repeats=3),
-                         config.sample.batch_size))
+  sampling = ldm.describe(config, None, mesh, text_source="caption")      # sampling reads prompts
+  sampling_frozen, _ = ldm.frozen_params(sampling, mesh, config.mesh)
+  bundle = dataclasses.replace(sampling, scale_factor=1.0, params={
+      "unet": state.ema_params["unet"], "autoencoder": ae_state.ema_params, "conditioner": sampling_frozen})
+  generator = generation.Generator(bundle)
+  n = config.sample.batch_size
+  request = {"label": np.arange(n, dtype=np.int32) % config.data.num_classes} if "class" in model.conditioning else \
+      {"prompt": ["a three on the left and a seven on the right"] * n}
+  sample = lambda: generator(request, num_steps=config.sample.num_steps, guidance_scale=config.sample.guidance_scale)
+  compile_start = time.perf_counter()
+  sample()
+  compile_s = time.perf_counter() - compile_start
+  times = [sample()[1].run_seconds for _ in range(3)]
+  results.append(summary(f"sample_{config.sample.sampler}{config.sample.num_steps}_cfg", compile_s, times, n))
   out = pathlib.Path(__file__).parent / "results"
   out.mkdir(exist_ok=True)
-  (out / "quickstart_steps.json").write_text(json.dumps(results, indent=2))
+  name = pathlib.Path(argv[1].split("=", 1)[1] if len(argv) > 1 else "configs/quickstart.py").stem
+  (out / f"steps_{name}.json").write_text(json.dumps(results, indent=2))
   for r in results:
     print(json.dumps(r))
 

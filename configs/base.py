@@ -48,6 +48,44 @@ def loop(train_steps: int) -> ml_collections.ConfigDict:
   ))
 
 
+def eval_source(kind: str, **overrides) -> ml_collections.ConfigDict:
+  """An entry of config.evaluate.sources (latent_diffusion.evaluation.sources)."""
+  return ml_collections.ConfigDict(dict(
+      # generated | split | reconstruction.
+      kind=kind,
+      # split / reconstruction: the data split, and how many of its images (0 = all, else a fixed uniform subset).
+      split="val",
+      max_examples=0,
+      # generated: the guidance scale (None: config.sample.guidance_scale), and collapsed=True draws one sample
+      # per class and repeats it (a mode-collapsed generator, for sensitivity checks).
+      guidance_scale=ml_collections.config_dict.placeholder(float),
+      collapsed=False,
+  ) | overrides)
+
+
+def evaluator(type_name: str, **overrides) -> ml_collections.ConfigDict:
+  """An entry of config.evaluate.evals: evaluator `type_name` (latent_diffusion.evaluation.EVALUATORS)."""
+  return ml_collections.ConfigDict(dict(
+      type=type_name,
+      # The source evaluated, and what it is compared with: a source name or a reference .npz (mu, sigma; FID).
+      samples="samples",
+      reference="val",
+      # memorization: the training images whose nearest neighbours are measured.
+      train="train",
+      # The feature network and which of its outputs: digits_cnn features | inception pool3; the
+      # inception_score type takes logits (inception logits_unbiased).
+      network="digits_cnn",
+      output="features",
+      # precision_recall: k of the k-NN balls.
+      k=3,
+      # kid: random subsets and their size (torch-fidelity's defaults).
+      subsets=100,
+      subset_size=1000,
+      # inception_score: splits of the samples.
+      splits=10,
+  ) | overrides)
+
+
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Root seed: every random stream is folded from it (stage, step, process).
@@ -71,14 +109,30 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       # Data set by name (latent_diffusion.data.DATASETS).
       name="digits",
-      # Square image side in pixels after resizing.
+      # Where the image sources read each split: a tar shard pattern ('laion/{00000..00127}.tar'), a class-folder
+      # root, or a TFDS split spec (e.g. 'validation[:1000]').
+      train_path=ml_collections.config_dict.placeholder(str),
+      val_path=ml_collections.config_dict.placeholder(str),
+      # name='tfds': a tfds.features.Text feature holding captions (None: the class name is the caption).
+      tfds_caption_key=ml_collections.config_dict.placeholder(str),
+      # Image side in pixels after resizing (the height, if image_width is set).
       image_size=16,
+      # Image width in pixels; None: square images (image_size).
+      image_width=ml_collections.config_dict.placeholder(int),
       # Global batch size (split over the data x fsdp mesh axes).
       batch_size=64,
       # Examples held out for validation.
       val_examples=297,
-      # Number of classes of the labels (class-conditional models add one 'null' class for CFG).
+      # Number of classes of the labels (class conditioning adds one 'null' class for CFG).
       num_classes=10,
+      # name='digit_pairs' (latent_diffusion.data.digit_pairs): captioned pairs of digits side by side.
+      digit_pairs=dict(
+          # Training examples drawn per epoch (pairs, templates and digit images at random, fixed by seed).
+          examples=10_000,
+          # Ordered (left, right) pairs held out of training (of 100), chosen by seed.
+          heldout_pairs=20,
+          seed=0,
+      ),
   ))
 
   config.autoencoder = ml_collections.ConfigDict(dict(
@@ -119,11 +173,8 @@ def get_config() -> ml_collections.ConfigDict:
           num_heads=-1,
           num_head_channels=32,
           transformer_depth=1,
-          # Cross-attention context width (None: no cross-attention).
-          context_dim=ml_collections.config_dict.placeholder(int),
+          # (The cross-attention width and the label table size come from the conditioning, not from here.)
           use_linear_projection=False,
-          # Label embeddings incl. the 'null' label used for classifier-free guidance.
-          num_classes=ml_collections.config_dict.placeholder(int),
           use_scale_shift_norm=True,
           dropout=0.0,
           groups=32,
@@ -138,16 +189,61 @@ def get_config() -> ml_collections.ConfigDict:
           num_timesteps=1000,
           beta_start=0.0015,
           beta_end=0.0195,
+          # Rescale the betas to zero terminal SNR (Lin et al. 2024; use with v_prediction).
+          rescale_zero_terminal_snr=False,
           # What the UNet predicts: epsilon | v_prediction.
           prediction_type="epsilon",
       ),
+      conditioning=dict(
+          # Conditioners by name (latent_diffusion.conditioning.CONDITIONERS), combined: () = unconditional,
+          # ('class',), ('text',), ('concat',), ('text', 'concat') = the paper's hybrid.
+          kinds=("class",),
+          # Probability of training an example on the null condition (classifier-free guidance).
+          drop_prob=0.1,
+          text=dict(
+              # 'pretrained': a local transformers folder (CLIP text model or BERT-style); 'trained': the paper's
+              # BERT-style transformer trained from scratch with the UNet (sizes below).
+              encoder="pretrained",
+              # Pretrained encoder folder (config.json + model.safetensors); None: <ldm.init_from>/text_encoder.
+              encoder_path=ml_collections.config_dict.placeholder(str),
+              # Tokenizer folder; None: <ldm.init_from>/tokenizer, else encoder_path.
+              tokenizer_path=ml_collections.config_dict.placeholder(str),
+              # Train the pretrained encoder with the UNet (else it stays frozen).
+              train_encoder=False,
+              # Tokens per caption (padded / truncated); None: the tokenizer's model_max_length (77 for CLIP).
+              max_length=ml_collections.config_dict.placeholder(int),
+              # Encoder output fed to cross-attention: last | penultimate (the layer before the last).
+              layer="last",
+              # Pass the tokenizer's padding mask to the encoder (Stable Diffusion's CLIP does not).
+              use_attention_mask=False,
+              # Where training reads text: caption (tokenized here) | tokens | context (stored with the latents
+              # by latent_diffusion.encode; context = the frozen encoder's outputs, no encoder in the step).
+              source="caption",
+              # A record without a caption: 'empty' trains it as the empty prompt (counted), 'skip' drops it.
+              missing_caption="empty",
+              # Sizes of the 'trained' encoder: width, layers, attention heads, MLP width / width.
+              width=512,
+              layers=4,
+              heads=8,
+              mlp_ratio=4,
+          ),
+          concat=dict(
+              # Example field holding the image-shaped condition [h, w, channels] at the latent grid.
+              field="concat",
+              channels=1,
+              # Null condition: 'keep' (the condition defines the task, e.g. inpainting) | 'zeros'.
+              null="keep",
+          ),
+      ),
+      # Fine-tune this diffusers pipeline folder or original (CompVis / SD) single-file checkpoint: the UNet,
+      # VAE, text encoder, noise schedule and latent scale come from it (config.ldm.model sets only dtype and
+      # remat_policy then). None: train the UNet from scratch on the autoencoder of config.autoencoder.
+      init_from=ml_collections.config_dict.placeholder(str),
       # Directory of latent shards from latent_diffusion.encode; None: encode config.data in memory.
       latents_path=ml_collections.config_dict.placeholder(str),
       # Latent scale: if scale_by_std, 1/std of the first batch's latents (LDM); else scale_factor.
       scale_by_std=True,
       scale_factor=1.0,
-      # Probability of replacing the condition by the null condition (classifier-free guidance).
-      cond_drop_prob=0.1,
       optim=optimizer(lr=1e-4, warmup_steps=1000),
       loop=loop(train_steps=200_000),
   ))
@@ -182,15 +278,77 @@ def get_config() -> ml_collections.ConfigDict:
       min_size=0,
       # Decoding threads per process.
       num_threads=4,
-      # A local tokenizer folder (e.g. a pipeline's tokenizer/): also store the caption's token ids.
-      tokenizer=ml_collections.config_dict.placeholder(str),
+      # Text stored with each record, by the tokenizer / encoder of config.ldm.conditioning.text: 'none',
+      # 'tokens' (token ids, and the mask with use_attention_mask) or 'context' (also the frozen encoder's
+      # outputs, so that stage 2 runs no text encoder: text.source='context').
+      text="none",
       log_every_steps=20,
   ))
 
   config.evaluate = ml_collections.ConfigDict(dict(
-      # Generated samples per class judged by the digits classifier.
+      # Generated samples per class of every 'generated' source (class-major order).
       samples_per_class=50,
+      # Noise of the generated sources (global batch b of config.sample.batch_size draws from
+      # fold_in(key(seed), b): the same samples on any device / process count) and of the fixed subsets.
+      seed=3,
       # Columns of the sample grid (one row per class).
       grid_columns=10,
+      # At most this many features are kept per (source, network) for the k-NN metrics and KID (a fixed uniform
+      # subset beyond it; memory cap x feature size x 4 bytes). FID and IS stream their statistics and keep none.
+      max_kept_features=10_000,
+      # Image sets the evaluators compare, by name (latent_diffusion.evaluation.sources).
+      sources=dict(
+          samples=eval_source("generated"),
+          samples_no_guidance=eval_source("generated", guidance_scale=1.0),
+          collapsed=eval_source("generated", collapsed=True),
+          # As many real training images as generated samples: FIDs of equal sample sizes compare.
+          train=eval_source("split", split="train", max_examples=500),
+          val=eval_source("split", split="val"),
+          reconstruction_val=eval_source("reconstruction", split="val"),
+      ),
+      # Evaluators by name (type from latent_diffusion.evaluation.EVALUATORS); figure names in metrics.json
+      # follow the evaluator's name (see evaluators.py). The digits table: FID of the model, of real training
+      # images (the floor), of a collapsed generator and without guidance, all against the held-out split.
+      evals=dict(
+          sample_grid=evaluator("sample_grid"),
+          classifier_accuracy=evaluator("classifier_accuracy"),
+          fid=evaluator("fid"),
+          fid_real_floor=evaluator("fid", samples="train"),
+          fid_collapsed=evaluator("fid", samples="collapsed"),
+          fid_no_guidance=evaluator("fid", samples="samples_no_guidance"),
+          precision_recall=evaluator("precision_recall"),
+          precision_recall_collapsed=evaluator("precision_recall", samples="collapsed"),
+          precision_recall_no_guidance=evaluator("precision_recall", samples="samples_no_guidance"),
+          memorization=evaluator("memorization"),
+          reconstruction=evaluator("reconstruction", samples="reconstruction_val"),
+          fid_reconstruction=evaluator("fid", samples="reconstruction_val"),
+      ),
+      # Evaluators (names in evals) also run during stage-2 training every ldm.loop.eval_every_steps on the EMA
+      # weights, with this many samples per class; logged to TensorBoard and to metrics.json under 'ldm'.
+      during_training=("fid",),
+      training_samples_per_class=10,
+      # The FID InceptionV3 (network 'inception'): the local weights file pt_inception-2015-12-05-6726825d.pth
+      # (nothing is downloaded), the resize convention (pytorch_fid | torch_fidelity | clean_fid, see
+      # evaluation/resizing.py) and whether images are first rounded to 8 bits (as saved PNGs are).
+      inception=dict(weights=ml_collections.config_dict.placeholder(str), resize="clean_fid", quantize=True),
+      # The digits CNN trained at evaluation time on the real training split (network 'digits_cnn').
+      digits_cnn=dict(width=64, train_steps=400, batch_size=64, learning_rate=2e-3, seed=0),
+      # The digits SVM judge of classifier_accuracy (network 'svm_judge'): RBF kernel, this C.
+      svm_judge=dict(C=10.0),
+      # CLIP score (network 'clip'): a local transformers CLIPModel folder, and the prompt of class c:
+      # prompt.format(class_names[c]).
+      clip=dict(folder=ml_collections.config_dict.placeholder(str), prompt="a photo of the number {}",
+                class_names=("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")),
+      # Per-image metrics of the 'reconstruction' network (evaluation/reconstruction.py).
+      reconstruction=dict(metrics=("psnr",)),
+      # Evaluator 'digit_pairs' (text quickstart, latent_diffusion.evaluation.digit_pairs): prompts per set,
+      # each generated image judged half by half.
+      digit_pairs=dict(
+          samples_seen_pairs=160,
+          samples_heldout_pairs=100,
+          samples_heldout_templates=120,
+          # Rows of samples.png taken from each prompt set.
+          grid_rows_per_set=6,
+      ),
   ))
   return config

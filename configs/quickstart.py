@@ -34,8 +34,6 @@ def get_config():
   ldm.model.num_res_blocks = 2
   ldm.model.attention_resolutions = (1,)
   ldm.model.num_head_channels = 32
-  # 10 digits + the null label for classifier-free guidance.
-  ldm.model.num_classes = config.data.num_classes + 1
   ldm.model.groups = 16
   ldm.optim.lr = 1e-3
   ldm.optim.warmup_steps = 200

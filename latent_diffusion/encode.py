@@ -3,6 +3,7 @@
   python -m latent_diffusion.encode --config=configs/quickstart.py --autoencoder=runs/quickstart \
       --input='shards/{00000..00127}.tar' --output=latents/ --config.data.name=tar_shards \
       --config.data.image_size=256 [--config.encode.output=sample --config.encode.dtype=bfloat16]
+      [--config.encode.text=context --config.ldm.conditioning.text.encoder_path=clip-text-encoder/]
 
 Resumable and exactly once: rerun the same command after a crash. Multi-host: run it on every
 host with the flags of latent_diffusion.train (--coordinator_address ... or --auto_distributed).
@@ -17,7 +18,7 @@ import pathlib
 import jax
 from absl import app, flags, logging
 
-from latent_diffusion import cli_flags, configuration, data, encoding, parallel, preemption, workdir_lock
+from latent_diffusion import cli_flags, conditioning, configuration, data, encoding, parallel, preemption, workdir_lock
 from latent_diffusion.training import autoencoder, loop
 
 _INPUT = flags.DEFINE_string("input", None, "Shard pattern (tar_shards) or class-folder root (image_folder).",
@@ -58,9 +59,10 @@ def main(argv):
   with workdir_lock.hold(output, "encode job"):
     ae, ae_params, encoder_name = load_encoder(mesh)
     source = data.IMAGE_SOURCES[config.data.name](_INPUT.value, config.data)
+    text = conditioning.text_conditioner(config, source="caption") if config.encode.text != "none" else None
     manifest = encoding.encode_to_shards(
         source, output, ae, ae_params, image_size=config.data.image_size, encode_config=config.encode, mesh=mesh,
-        mesh_config=config.mesh, encoder_name=encoder_name, skipped_at_index=source.skipped)
+        mesh_config=config.mesh, encoder_name=encoder_name, skipped_at_index=source.skipped, text=text)
   summary = {k: manifest[k] for k in ("records", "source_records", "skipped_counts", "last_run_throughput")}
   print(json.dumps(summary, indent=1))
 

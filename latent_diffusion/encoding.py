@@ -9,8 +9,8 @@ encoder call (latent_diffusion.preemption), write what that call produced, commi
 completed, abandon the others (their '.partial' files are removed) and exit with
 PREEMPTED_EXIT_CODE; the rerun redoes the abandoned shards. All processes make the same number of
 encoder calls on one global batch sharded over (data, fsdp); each shard starts a new batch, and slots
-after a shard's or a process's last record are padding. Host work (decoding, writing) overlaps the device: step k+1 is dispatched before the
-results of step k are written.
+after a shard's or a process's last record are padding. Host work (decoding, writing) overlaps the
+device: step k+1 is dispatched before the results of step k are written.
 """
 
 import dataclasses
@@ -34,6 +34,7 @@ from latent_diffusion.data import latent_shards
 from latent_diffusion.models import AutoencoderKL
 
 OUTPUTS = ("moments", "sample")
+TEXT_OUTPUTS = ("none", "tokens", "context")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -75,17 +76,19 @@ def owned_slots(shards: list[Shard], output: pathlib.Path, process: int, num_pro
 
 
 class _Slot(grain.transforms.Map):
-  """Record index (-1 = padding) -> {'image' [S, S, 3], 'record', 'valid', 'key', 'caption', 'label',
-  'tokens' [L] (with `tokenize`)}; bad images stay as invalid slots."""
+  """Record index (-1 = padding) -> {'image' [S, S, 3], 'record', 'valid', 'key', 'caption' (None if the
+  record has none), 'label', and with `tokenize` its token inputs ('tokens' [L], ...) of the caption or of
+  ''}; bad images stay as invalid slots."""
 
   def __init__(self, source, image_size: int, skips: image_transforms.SkipCounter, min_size: int,
-               tokenize: Callable[[list[str]], np.ndarray] | None = None):
+               tokenize: Callable[[list[str]], dict] | None = None):
     self.source, self.image_size, self.tokenize = source, image_size, tokenize
     self.decode = image_transforms.DecodeImage(skips, min_size=min_size, draft_size=image_size)
     self.crop = image_transforms.ResizeCrop(image_size, "center", flip=False)
 
-  def _text(self, caption: str) -> dict:
-    return {"caption": caption, **({"tokens": self.tokenize([caption])[0]} if self.tokenize else {})}
+  def _text(self, caption: str | None) -> dict:
+    tokens = {k: v[0] for k, v in self.tokenize([caption or ""]).items()} if self.tokenize else {}
+    return {"caption": caption, **tokens}
 
   def map(self, index: int) -> dict:
     blank = {"image": np.zeros((self.image_size, self.image_size, 3), np.float32), "record": np.int64(index),
@@ -93,7 +96,7 @@ class _Slot(grain.transforms.Map):
     if index < 0:
       return blank
     record = self.source[int(index)]
-    meta = {"key": record["key"], "label": np.int64(record.get("label", -1)), **self._text(record.get("caption", ""))}
+    meta = {"key": record["key"], "label": np.int64(record.get("label", -1)), **self._text(record.get("caption"))}
     decoded = self.decode.map(record)
     if decoded is None:
       return {**blank, **meta}
@@ -186,8 +189,17 @@ def _slot_iterator(source, slots: np.ndarray, local_batch: int, steps: int, imag
 
 
 def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params, *, image_size: int,
-                     encode_config, mesh, mesh_config, encoder_name: str, skipped_at_index: dict | None = None) -> dict:
-  """Runs (or resumes) the job over `source` (len + getitem records); returns the manifest."""
+                     encode_config, mesh, mesh_config, encoder_name: str, skipped_at_index: dict | None = None,
+                     text=None) -> dict:
+  """Runs (or resumes) the job over `source` (len + getitem records); returns the manifest.
+
+  text: the training run's TextConditioner; encode_config.text = 'tokens' stores its token inputs of each
+  caption, 'context' also its frozen encoder's outputs (so stage 2 runs no text encoder).
+  """
+  if encode_config.text not in TEXT_OUTPUTS:
+    raise ValueError(f"config.encode.text={encode_config.text!r}; expected one of {TEXT_OUTPUTS}.")
+  if encode_config.text != "none" and text is None:
+    raise ValueError(f"config.encode.text={encode_config.text!r} needs text conditioning (config.ldm.conditioning.text).")
   if encode_config.output not in OUTPUTS or encode_config.dtype not in DTYPES:
     raise ValueError(f"config.encode.output={encode_config.output!r} / dtype={encode_config.dtype!r}; "
                      f"expected one of {OUTPUTS} / {DTYPES}.")
@@ -203,12 +215,7 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
   all_slots = [owned_slots(shards, output, p, num_processes, local_batch) for p in range(num_processes)]
   steps = max(math.ceil(len(s) / local_batch) for s in all_slots)
   skips = image_transforms.SkipCounter("encode")
-  tokenize = None
-  if encode_config.get("tokenizer"):
-    # transformers takes seconds to import: only jobs that tokenize pay for it.
-    from latent_diffusion.data import tokenization  # pylint: disable=import-outside-toplevel
-    tokenizer = tokenization.load_tokenizer(encode_config.tokenizer)
-    tokenize = lambda texts: tokenization.tokenize(tokenizer, texts)
+  tokenize = text.tokenize if encode_config.text != "none" else None
   batches = _slot_iterator(source, all_slots[process], local_batch, steps, image_size,
                            encode_config.get("min_size", 0), skips, encode_config.get("num_threads", 4), tokenize)
   encode = make_encode_fn(ae, encode_config.output, encode_config.dtype, encode_config.seed, mesh, mesh_config)
@@ -220,13 +227,19 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
   def write(local: dict, latents: dict) -> None:
     latents = {k: np.asarray(v) for k, v in multihost_utils.global_array_to_host_local_array(
         latents, mesh, sharding.spec).items()}
+    token_fields = [name for name in ("tokens", "token_mask") if name in local]
+    contexts = None
+    if encode_config.text == "context":
+      contexts = text.encode_texts([c or "" for c in local["caption"]], batch_size=len(local["caption"]))
     for i, record in enumerate(local["record"]):
       if record < 0:
         continue
       example = None
       if local["valid"][i]:
-        example = {"key": str(local["key"][i]), "caption": str(local["caption"][i]), "label": int(local["label"][i]),
-                   **({"tokens": local["tokens"][i].astype(np.int32)} if "tokens" in local else {}),
+        caption = local["caption"][i]
+        example = {"key": str(local["key"][i]), "caption": None if caption is None else str(caption),
+                   "label": int(local["label"][i]), **{name: local[name][i].astype(np.int32) for name in token_fields},
+                   **({"context": contexts[i].astype(encode_config.dtype)} if contexts is not None else {}),
                    **{name: value[i] for name, value in latents.items()}}
       writers.add(int(record), example, str(local["key"][i]))
 

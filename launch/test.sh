@@ -3,4 +3,7 @@
 #   bash launch/test.sh [pytest args]
 set -euo pipefail
 source "$(dirname "$0")/setup_env.sh" requirements-test.txt
+# torch's CUDA wheel brings triton (GPU kernels only), whose library crashes the process when it loads after
+# TensorFlow's (clu, tfds); torch runs without it on the CPU.
+python -m pip uninstall --quiet --yes triton 2>/dev/null || true
 python -m pytest -q "$@"

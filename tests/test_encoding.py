@@ -46,7 +46,8 @@ def _encode_command(inputs, output, *extra):
   return [sys.executable, "-m", "latent_diffusion.encode", "--config=configs/tiny.py", f"--input={pattern}",
           f"--output={output}", f"--vae={vae}", "--config.data.name=tar_shards",
           f"--config.data.image_size={IMAGE_SIZE}", "--config.encode.batch_size=4",
-          f"--config.encode.tokenizer={vae.parent / 'tokenizer'}",
+          "--config.encode.text=tokens", "--config.ldm.conditioning.text.encoder=trained",
+          f"--config.ldm.conditioning.text.tokenizer_path={vae.parent / 'tokenizer'}",
           "--config.encode.records_per_shard=5", *extra]
 
 
@@ -161,11 +162,13 @@ def test_sigterm_abandons_the_unfinished_shard_and_the_rerun_completes_it(inputs
 
 
 def test_stage_two_trains_on_the_latent_shards(uninterrupted, tmp_path):
+  # The photos have no class labels: an unconditional UNet.
   config = tiny_config(f"ldm.latents_path={uninterrupted}", f"data.image_size={4 * IMAGE_SIZE // 2}",
-                       "ldm.loop.train_steps=4", "ldm.loop.checkpoint_every_steps=4", "data.batch_size=4")
-  config.ldm.model.num_classes = None   # the photos have no class labels: an unconditional UNet
-  assert ldm.latent_shape(config) == (IMAGE_SIZE // 2, IMAGE_SIZE // 2, 4)   # the encoder's latents (f=2)
-  summary = ldm.train(config, tmp_path, parallel.make_mesh(config.mesh))
+                       "ldm.loop.train_steps=4", "ldm.loop.checkpoint_every_steps=4", "data.batch_size=4",
+                       "ldm.conditioning.kinds=()")
+  mesh = parallel.make_mesh(config.mesh)
+  assert ldm.describe(config, None, mesh).latent_shape == (IMAGE_SIZE // 2, IMAGE_SIZE // 2, 4)  # the encoder's (f=2)
+  summary = ldm.train(config, tmp_path, mesh)
   assert summary["train_steps"] == 4 and np.isfinite(summary["train_loss_last"])
 
 

@@ -8,6 +8,7 @@ import grain
 import numpy as np
 
 from latent_diffusion.data import images
+from latent_diffusion.data.digit_pairs import make_digit_pairs_dataset
 from latent_diffusion.data.digits import load_digits_split, make_digits_dataset
 from latent_diffusion.data.image_folder import ImageFolderSource
 from latent_diffusion.data.tar_shards import TarShardSource
@@ -28,7 +29,8 @@ IMAGE_SOURCES = {
     "tar_shards": lambda path, cfg: TarShardSource(path, cache_dir=cfg.get("index_cache_dir")),
     "image_folder": lambda path, cfg: ImageFolderSource(path),
     # path: the TFDS split spec (e.g. 'validation[:1000]') of the prepared data set cfg.tfds_name.
-    "tfds": lambda path, cfg: TfdsSource(cfg.get("tfds_name"), path, data_dir=cfg.get("tfds_data_dir")),
+    "tfds": lambda path, cfg: TfdsSource(cfg.get("tfds_name"), path, data_dir=cfg.get("tfds_data_dir"),
+                                         caption_key=cfg.tfds_caption_key),
 }
 
 
@@ -37,7 +39,8 @@ def make_image_dataset(data_config, split: str) -> grain.MapDataset:
   'laion/{00000..00127}.tar'), a class-folder root ('image_folder') or a TFDS split spec ('tfds',
   e.g. 'validation[:1000]', with data_config.tfds_name and tfds_data_dir; ArrayRecord format).
 
-  Examples {'image': float32 [S, S, 3] in [-1, 1], 'label' (image_folder, tfds)}; optional config keys:
+  Examples {'image': float32 [S, S, 3] in [-1, 1], 'caption', 'key', 'label' (image_folder, tfds)}; optional
+  config keys:
   crop ('center' | 'random'), flip, min_size, max_aspect_ratio, seed, index_cache_dir. Undecodable
   or filtered records are dropped and counted (see latent_diffusion.data.images).
   """
@@ -51,11 +54,17 @@ def make_image_dataset(data_config, split: str) -> grain.MapDataset:
       source, image_size=data_config.image_size, crop=data_config.get("crop", "center"),
       flip=data_config.get("flip", False), seed=data_config.get("seed", 0), min_size=data_config.get("min_size", 0),
       max_aspect_ratio=data_config.get("max_aspect_ratio", float("inf")),
-      skips=images.SkipCounter(f"{data_config.name}/{split}"))
+      skips=images.SkipCounter(f"{data_config.name}/{split}"), text=True)
 
 
 # Data set name -> fn(data_config, split) returning a finite grain MapDataset of example dicts.
-DATASETS = {"digits": make_digits_dataset, **{name: make_image_dataset for name in IMAGE_SOURCES}}
+DATASETS = {"digits": make_digits_dataset, "digit_pairs": make_digit_pairs_dataset,
+            **{name: make_image_dataset for name in IMAGE_SOURCES}}
+
+
+def image_shape(data_config) -> tuple[int, int]:
+  """(height, width) in pixels of the images of config.data."""
+  return data_config.image_size, data_config.image_width or data_config.image_size
 
 
 def make_dataset(data_config, split: str) -> grain.MapDataset:

@@ -14,7 +14,8 @@ class ImageFolderSource:
 
   Classes are the sorted sub-directory names, label = position in that list; files are in sorted
   order within a class, classes one after another. Record i: {'key': 'class/file', 'image_bytes',
-  'image_format' (suffix without dot), 'caption': class name, 'metadata': {}, 'label': int32}.
+  'image_format' (suffix without dot), 'caption': the text of a sidecar 'file.txt' next to the image if there is
+  one, else the class name, 'metadata': {}, 'label': int32}.
   Picklable: holds only paths; files are opened per read.
   """
 
@@ -45,6 +46,8 @@ class ImageFolderSource:
 
   def __getitem__(self, index: int) -> dict:
     key, label = str(self._files[int(index)]), self._labels[int(index)]
+    sidecar = (self.root / key).with_suffix(".txt")
+    caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else self.classes[label]
     return {"key": key, "image_bytes": (self.root / key).read_bytes(),
             "image_format": pathlib.PurePath(key).suffix[1:].lower(),
-            "caption": self.classes[label], "metadata": {}, "label": label}
+            "caption": caption, "metadata": {}, "label": label}

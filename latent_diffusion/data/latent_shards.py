@@ -1,8 +1,9 @@
 """ArrayRecord shards of pre-encoded latents: the record codec, a shard writer, a grain source.
 
-A record is msgpack of {'key': str, 'caption': str, 'label': int (-1 if none), 'latent_mean' and
-'latent_logvar' (or 'latent' for a stored posterior sample), optionally 'tokens' (int32 [L]):
-arrays as {'dtype', 'shape', 'data'}}, latents NHWC [h, w, c]. Shard files are written as '<name>.partial' and renamed when complete, so a
+A record is msgpack of {'key': str, 'caption': str (None if the source had none), 'label': int (-1 if none),
+'latent_mean' and 'latent_logvar' (or 'latent' for a stored posterior sample), optionally 'tokens' and
+'token_mask' (int32 [L]) and 'context' (the frozen text encoder's output [L, D]): arrays as {'dtype', 'shape',
+'data'}}, latents NHWC [h, w, c]. Shard files are written as '<name>.partial' and renamed when complete, so a
 reader never sees half a shard.
 
 Damaged files: a shard that does not open (truncated, not ArrayRecord) is a LatentShardError naming

@@ -175,7 +175,8 @@ class TarShardSource:
   """grain RandomAccessDataSource over the samples of tar shards.
 
   Record i: {'key': str, 'image_bytes': bytes, 'image_format': str ('jpg', 'png', ...),
-  'caption': str ('' without a .txt member), 'metadata': dict ({} without or with an invalid .json)}.
+  'caption': str (the .txt member, else the .json's 'caption', else None), 'metadata': dict ({} without or with
+  an invalid .json)}.
   Picklable: file descriptors are opened lazily in each process and never pickled. Reads are
   positional (`os.pread`), so threads can share a descriptor.
   """
@@ -220,11 +221,15 @@ class TarShardSource:
     index = int(index)
     shard, spans = int(self._shard_of[index]), self._spans[index]
     caption = self._read(shard, spans[_CAPTION])
+    metadata = _parse_metadata(self._read(shard, spans[_METADATA]))
+    if caption is not None:
+      caption = caption.decode("utf-8", errors="replace").strip()
+    elif isinstance(metadata.get("caption"), str):   # img2dataset also writes the caption into the .json
+      caption = metadata["caption"].strip()
     return {"key": str(self._keys[index]),
             "image_bytes": self._read(shard, spans[_IMAGE]),
             "image_format": IMAGE_FORMATS[self._formats[index]],
-            "caption": "" if caption is None else caption.decode("utf-8", errors="replace").strip(),
-            "metadata": _parse_metadata(self._read(shard, spans[_METADATA]))}
+            "caption": caption, "metadata": metadata}
 
   def __del__(self):
     if getattr(self, "_pid", None) == os.getpid():

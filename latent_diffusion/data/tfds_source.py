@@ -44,20 +44,22 @@ class TfdsSource:
   name: TFDS name, optionally with config and version ('imagenet2012', 'imagenet2012:5.1.0');
   split: a TFDS split spec ('train', 'validation[:1000]', 'train+validation'); data_dir: where it was
   prepared (None: TFDS's default); image_key: the tfds.features.Image feature; label_key: a
-  tfds.features.ClassLabel feature, or None for data sets without labels.
+  tfds.features.ClassLabel feature, or None for data sets without labels; caption_key: a tfds.features.Text
+  feature holding the caption (e.g. COCO-style captioned sets), else the class name is the caption.
 
   Record i: {'key': the example's 'file_name' feature if it has one, else f'{split}/{i}',
-  'image_bytes': the stored encoded image, 'caption': the class name (label_key's ClassLabel name;
-  '' without labels), 'metadata': {}, 'label': int32 (with label_key)}.
+  'image_bytes': the stored encoded image, 'caption': the caption_key text, else the class name (label_key's
+  ClassLabel name), else None, 'metadata': {}, 'label': int32 (with label_key)}.
   Picklable: the TFDS data source pickles its split's file instructions and reopens the files.
   """
 
   def __init__(self, name: str, split: str, data_dir: str | os.PathLike | None = None, image_key: str = "image",
-               label_key: str | None = "label"):
+               label_key: str | None = "label", caption_key: str | None = None):
     if not name:
       raise ValueError("TfdsSource needs a TFDS data set name such as 'imagenet2012' or 'imagenet2012:5.1.0' "
                        "(config.data.tfds_name).")
     self.name, self.split, self.image_key, self.label_key = name, split, image_key, label_key
+    self.caption_key = caption_key
     data_dir = None if data_dir is None else os.fspath(data_dir)
     builder = _prepared_builder(name, data_dir)
     formats = builder.info.available_file_formats()
@@ -67,7 +69,8 @@ class TfdsSource:
           "ArrayRecord, which random access needs: re-prepare it with file_format='array_record' (e.g. `tfds build "
           f"{name} --file_format=array_record` into another data_dir).")
     features = dict(builder.info.features.items())
-    for key, kind in ((image_key, tfds.features.Image), (label_key, tfds.features.ClassLabel)):
+    for key, kind in ((image_key, tfds.features.Image), (label_key, tfds.features.ClassLabel),
+                      (caption_key, tfds.features.Text)):
       if key is not None and not isinstance(features.get(key), kind):
         raise ValueError(f"TFDS data set {name!r} has no {kind.__name__} feature {key!r}; its features: "
                          f"{ {k: type(f).__name__ for k, f in features.items()} }.")
@@ -89,8 +92,11 @@ class TfdsSource:
     index = int(index)
     example = self._records[index]
     key = example["file_name"].decode("utf-8") if self._has_file_name else f"{self.split}/{index}"
-    record = {"key": key, "image_bytes": example[self.image_key], "caption": "", "metadata": {}}
+    record = {"key": key, "image_bytes": example[self.image_key], "caption": None, "metadata": {}}
     if self.label_key is not None:
       label = np.int32(example[self.label_key])
       record.update(label=label, caption=self.classes[label])
+    if self.caption_key is not None:
+      text = example[self.caption_key]
+      record["caption"] = text.decode("utf-8") if isinstance(text, bytes) else str(text)
     return record

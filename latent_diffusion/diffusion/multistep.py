@@ -97,6 +97,10 @@ def dpm_solver_pp_sample(model_fn: ModelFn, schedule: NoiseSchedule, x_T: jax.Ar
   diffusers' DPM-Solver spacings (timesteps.dpm_solver_timesteps); solver_order 1 is DDIM (eta 0).
   """
   del rng
+  # A zero-terminal-SNR schedule has alpha_bar = 0 at its last step, where lambda is -inf; like diffusers'
+  # scheduler, floor it at 2^-24 (exactly zero only there).
+  schedule = schedule.replace(alphas_cumprod=jnp.where(schedule.alphas_cumprod == 0, 2.0**-24,
+                                                        schedule.alphas_cumprod))
   if solver_order not in (1, 2):
     raise ValueError(f"solver_order={solver_order} is not supported; use 1 or 2.")
   final_alpha_bars = {"zero": 1.0, "sigma_min": schedule.alphas_cumprod[0]}

@@ -15,6 +15,7 @@ stepping.scan_steps). No model code here.
 | dpm_solver_pp | DPMSolverMultistepScheduler('dpmsolver++', order 2)  | multistep.dpm_solver_pp_sample |
 """
 
+import inspect
 from typing import Any
 
 import jax
@@ -98,3 +99,25 @@ def ddpm_sample(model_fn: ModelFn, schedule: NoiseSchedule, x_T: jax.Array, rng:
 
 # Sampler name -> function (config.sample.sampler).
 SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "plms": plms_sample, "dpm_solver_pp": dpm_solver_pp_sample}
+
+
+# Arguments every sampler takes that are inputs rather than options.
+_INPUTS = {"model_fn", "schedule", "x_T", "rng", "cond", "uncond", "guidance_scale", "mask", "x0_known"}
+
+
+def sampler_options(name: str, defaults: dict | None = None, **overrides) -> dict:
+  """Keyword options for SAMPLERS[name], the same way for every sampler.
+
+  `defaults` (a model's schedule-specific options, e.g. from scheduler_config.json, or config.sample) are
+  kept where the sampler takes them; `overrides` (the caller's choices; None = not given) must be options
+  the sampler takes, else ValueError naming them (e.g. eta for plms).
+  """
+  if name not in SAMPLERS:
+    raise ValueError(f"Unknown sampler {name!r}; known: {sorted(SAMPLERS)}.")
+  accepted = set(inspect.signature(SAMPLERS[name]).parameters) - _INPUTS
+  options = {key: value for key, value in (defaults or {}).items() if key in accepted}
+  given = {key: value for key, value in overrides.items() if value is not None}
+  refused = sorted(set(given) - accepted)
+  if refused:
+    raise ValueError(f"Sampler {name!r} takes no option {refused}; its options: {sorted(accepted)}.")
+  return options | given

@@ -62,17 +62,36 @@ def make_betas(name: str, num_timesteps: int = 1000, beta_start: float = 1e-4,
   return BETA_SCHEDULES[name](num_timesteps, beta_start, beta_end)
 
 
+def _cumprod(values: np.ndarray) -> np.ndarray:
+  """float32 cumulative product, accumulated in float64 (float32 products drift over 1000 steps), as
+  torch's CPU cumprod does."""
+  return np.cumprod(values, dtype=np.float64).astype(np.float32)
+
+
+def zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+  """betas float32 [T] rescaled to zero terminal SNR, in float32 step by step as diffusers computes them."""
+  alphas_bar_sqrt = np.sqrt(_cumprod(np.float32(1.0) - betas))
+  first, last = alphas_bar_sqrt[0].copy(), alphas_bar_sqrt[-1].copy()
+  alphas_bar_sqrt = (alphas_bar_sqrt - last) * (first / (first - last))
+  alphas_bar = alphas_bar_sqrt**2
+  alphas = np.concatenate([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
+  return (np.float32(1.0) - alphas).astype(np.float32)
+
+
 @flax.struct.dataclass
 class NoiseSchedule:
   """The discrete forward process, stored as alpha_bar_t (a pytree: pass it through jit)."""
   alphas_cumprod: jax.Array  # alpha_bar_t, float32 [T]
 
   @classmethod
-  def create(cls, name: str, num_timesteps: int = 1000, beta_start: float = 1e-4,
-             beta_end: float = 2e-2) -> "NoiseSchedule":
-    alphas = np.float32(1.0) - make_betas(name, num_timesteps, beta_start, beta_end)        # float32, as torch
-    # Accumulated in float64 (float32 products drift over 1000 steps), as torch's CPU cumprod does.
-    return cls(alphas_cumprod=jnp.asarray(np.cumprod(alphas, dtype=np.float64), jnp.float32))
+  def create(cls, name: str, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2,
+             rescale_zero_terminal_snr: bool = False) -> "NoiseSchedule":
+    """rescale_zero_terminal_snr: shift and scale sqrt(alpha_bar_t) so that alpha_bar_{T-1} = 0 while
+    alpha_bar_0 is kept (Lin et al. 2024, Algorithm 1; diffusers' rescale_betas_zero_snr)."""
+    betas = make_betas(name, num_timesteps, beta_start, beta_end)
+    if rescale_zero_terminal_snr:
+      betas = zero_terminal_snr(betas)
+    return cls(alphas_cumprod=jnp.asarray(_cumprod(np.float32(1.0) - betas)))    # float32, as torch
 
   @property
   def num_timesteps(self) -> int:

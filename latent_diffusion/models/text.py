@@ -95,6 +95,13 @@ class TransformerLayer(nn.Module):
     return x
 
 
+def _check_lengths(length: int, max_positions: int, skip_last_layers: int, num_layers: int) -> None:
+  if length > max_positions:
+    raise ValueError(f"{length} tokens exceed max_position_embeddings={max_positions}.")
+  if not 0 <= skip_last_layers < num_layers:
+    raise ValueError(f"skip_last_layers={skip_last_layers} must be in [0, {num_layers}) for {num_layers} layers.")
+
+
 def _padding_mask(attention_mask: jax.Array | None, shape: tuple[int, int]) -> jax.Array:
   """Key mask [B, 1, 1, L] (True = real token) from a 0/1 padding mask [B, L]; all True when None."""
   if attention_mask is None:
@@ -105,9 +112,9 @@ def _padding_mask(attention_mask: jax.Array | None, shape: tuple[int, int]) -> j
 class CLIPTextTransformer(nn.Module):
   """CLIP's text tower: token + learned position embeddings, pre-LN causal layers, final LayerNorm.
 
-  __call__(input_ids [B, L] int, attention_mask [B, L] 0/1 or None, clip_skip) -> TextEncoding:
-    hidden_states: final LayerNorm of the output of layer num_layers - clip_skip (clip_skip = 0: transformers'
-      last_hidden_state; clip_skip = k: diffusers' prompt embeddings for `clip_skip=k`);
+  __call__(input_ids [B, L] int, attention_mask [B, L] 0/1 or None, skip_last_layers) -> TextEncoding:
+    hidden_states: final LayerNorm of the output of layer num_layers - skip_last_layers (0: transformers'
+      last_hidden_state; k: diffusers' prompt embeddings for `clip_skip=k`, e.g. 1 = the penultimate layer);
     pooled: the last hidden state (all layers) at the end-of-text position (transformers' pooler_output).
   """
   vocab_size: int = 49408
@@ -123,12 +130,9 @@ class CLIPTextTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-               clip_skip: int = 0) -> TextEncoding:
+               skip_last_layers: int = 0) -> TextEncoding:
     b, length = input_ids.shape
-    if length > self.max_position_embeddings:
-      raise ValueError(f"{length} tokens exceed max_position_embeddings={self.max_position_embeddings}.")
-    if not 0 <= clip_skip < self.num_layers:
-      raise ValueError(f"clip_skip={clip_skip} must be in [0, {self.num_layers}).")
+    _check_lengths(length, self.max_position_embeddings, skip_last_layers, self.num_layers)
     x = _embed(self.vocab_size, self.hidden_size, "token_embedding", self.dtype)(input_ids)
     x = x + _embed(self.max_position_embeddings, self.hidden_size, "position_embedding", self.dtype)(
         jnp.arange(length))[None]                                             # [B, L, D]
@@ -137,7 +141,7 @@ class CLIPTextTransformer(nn.Module):
     final_norm = layer_norm(self.layer_norm_eps, name="final_layer_norm", dtype=self.dtype)
     skipped = None
     for i in range(self.num_layers):
-      if i == self.num_layers - clip_skip:
+      if i == self.num_layers - skip_last_layers:
         skipped = final_norm(x)
       x = TransformerLayer(self.num_heads, self.intermediate_size, self.activation, self.layer_norm_eps,
                            pre_norm=True, dtype=self.dtype, name=f"layers_{i}")(x, mask)
@@ -153,8 +157,9 @@ class CLIPTextTransformer(nn.Module):
 class BertEncoder(nn.Module):
   """BERT: word + position + token-type embeddings and LayerNorm, post-LN bidirectional layers, optional pooler.
 
-  __call__(input_ids [B, L] int, attention_mask [B, L] 0/1 or None, token_type_ids [B, L] or None (zeros))
-  -> TextEncoding(hidden_states = transformers' last_hidden_state, pooled = tanh(dense(h[:, 0])) or None).
+  __call__(input_ids [B, L] int, attention_mask [B, L] 0/1 or None, token_type_ids [B, L] or None (zeros),
+  skip_last_layers) -> TextEncoding(hidden_states = the output of layer num_layers - skip_last_layers (0:
+  transformers' last_hidden_state), pooled = tanh(dense(last layer's h[:, 0])) or None).
   Padding positions attend to the real tokens like any other query (their outputs are defined, not zero).
   """
   vocab_size: int = 30522
@@ -171,10 +176,9 @@ class BertEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-               token_type_ids: jax.Array | None = None) -> TextEncoding:
+               token_type_ids: jax.Array | None = None, skip_last_layers: int = 0) -> TextEncoding:
     b, length = input_ids.shape
-    if length > self.max_position_embeddings:
-      raise ValueError(f"{length} tokens exceed max_position_embeddings={self.max_position_embeddings}.")
+    _check_lengths(length, self.max_position_embeddings, skip_last_layers, self.num_layers)
     token_type_ids = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
     x = (_embed(self.vocab_size, self.hidden_size, "word_embeddings", self.dtype)(input_ids)
          + _embed(self.type_vocab_size, self.hidden_size, "token_type_embeddings", self.dtype)(token_type_ids)
@@ -182,10 +186,13 @@ class BertEncoder(nn.Module):
              jnp.arange(length))[None])                                        # [B, L, D]
     x = layer_norm(self.layer_norm_eps, name="embeddings_layer_norm", dtype=self.dtype)(x)
     mask = _padding_mask(attention_mask, (b, length))                          # [B, 1, 1, L]
+    skipped = None
     for i in range(self.num_layers):
+      if i == self.num_layers - skip_last_layers:
+        skipped = x
       x = TransformerLayer(self.num_heads, self.intermediate_size, self.activation, self.layer_norm_eps,
                            pre_norm=False, dtype=self.dtype, name=f"layers_{i}")(x, mask)
     pooled = None
     if self.add_pooling_layer:
       pooled = jnp.tanh(dense(self.hidden_size, ("embed", "mlp"), name="pooler", dtype=self.dtype)(x[:, 0]))
-    return TextEncoding(x, pooled)
+    return TextEncoding(x if skipped is None else skipped, pooled)

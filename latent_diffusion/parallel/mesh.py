@@ -83,6 +83,20 @@ def state_shardings(init_fn: Callable[..., Any], mesh: Mesh, mesh_config, *args)
   return jax.tree.map(lambda spec: NamedSharding(mesh, spec), fitted, is_leaf=is_spec)
 
 
+def box_like(abstract_boxed: Any, values: Any) -> Any:
+  """`values` (plain arrays) wearing the logical-axis boxes of `abstract_boxed` (same tree structure), e.g.
+  loaded weights given the annotations of `jax.eval_shape(module.init, ...)` so that they shard by the rules."""
+  is_box = lambda x: isinstance(x, nn.Partitioned)
+  return jax.tree.map(lambda box, value: box.replace_boxed(jax.numpy.asarray(value)) if is_box(box) else value,
+                      abstract_boxed, values, is_leaf=is_box)
+
+
+def place(boxed: Any, mesh: Mesh, mesh_config) -> tuple[Any, Any]:
+  """(arrays, shardings): the unboxed values of `boxed` put on `mesh` by their logical axes (e.g. frozen weights)."""
+  shardings = state_shardings(lambda: boxed, mesh, mesh_config)
+  return jax.device_put(nn.unbox(boxed), shardings), shardings
+
+
 def batch_sharding(mesh: Mesh, mesh_config) -> NamedSharding:
   """Leading (batch) dimension split over the mesh axes the 'batch' rule names."""
   axis = dict(rules(mesh_config)).get("batch")

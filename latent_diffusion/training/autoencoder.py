@@ -86,7 +86,8 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
       state=state, state_shardings=shardings,
       step_fn=make_train_step(model, config.autoencoder.loss, tx, config.autoencoder.loop.ema_decay,
                               config.autoencoder.optim.microbatches),
-      dataset=data.make_dataset(config.data, "train"), batch_size=config.data.batch_size,
+      dataset=data.make_dataset(config.data, "train").map(lambda ex: {"image": ex["image"]}),
+      batch_size=config.data.batch_size,
       rng=jax.random.fold_in(rng, 2), seed=config.seed, meta={"config": config.to_json_best_effort()},
       eval_fn=lambda s: {"psnr_db": float(psnr(s.ema_params, val))}, mesh=mesh, mesh_config=config.mesh)
   state, _, history = loop.train_stage(stage)

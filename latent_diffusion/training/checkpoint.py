@@ -115,6 +115,19 @@ class StageCheckpoints:
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"], restored["meta"]
 
+  def restore_subtree(self, name: str, template: Any, step: int | None = None) -> Any:
+    """Only the field `name` (e.g. 'ema_params') of the saved state, into `template`'s shapes and shardings
+    (jax.ShapeDtypeStruct leaves with `sharding`); nothing else of the state is read."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    path = self.directory / str(step) / "state"
+    item = {name: template}
+    args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                                  partial_restore=True)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      return checkpointer.restore(path, args=args)[name]
+
   def restore_meta(self, step: int | None = None) -> dict:
     step = self.latest_step() if step is None else step
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -223,13 +236,3 @@ def path_name(path) -> str:
   """'params/conv_in/kernel' for a tree path (dict keys, attributes and sequence indices alike)."""
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
-
-def restore_params_subtree(step_dir: pathlib.Path, name: str, template: Any) -> Any:
-  """Only the `name` subtree (e.g. 'ema_params') of a step's state, into the shapes and shardings of
-  `template` (arrays or jax.ShapeDtypeStruct with shardings): nothing else is read or built."""
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
-  restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), {name: abstract})
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    restored = checkpointer.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
-        item={name: abstract}, restore_args=restore_args, partial_restore=True))
-  return restored[name]

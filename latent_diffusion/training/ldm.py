@@ -1,152 +1,298 @@
-"""Stage 2: the latent diffusion UNet trained on latents of the frozen stage-1 autoencoder.
+"""Stage 2: the latent diffusion UNet, trained on latents of a frozen first stage, under any conditioning.
 
-The training set is first encoded once (posterior mean and log-variance per image); each step
-samples z ~ q(z|x), scales it, noises it at a random t and regresses the UNet on the epsilon or
-v target. Class labels are dropped to the null label with `cond_drop_prob` so that the same
-network serves classifier-free guidance.
+Each step samples z ~ q(z|x) from the stored posterior moments, scales it, noises it at a random t
+and regresses the UNet on the epsilon or v target. The conditioning (latent_diffusion.conditioning)
+turns each example's condition inputs into UNet inputs and swaps in the null condition with
+probability drop_prob, so that one network serves classifier-free guidance.
+
+Trained parameters are {'unet', 'conditioner'?} (a jointly trained or fine-tuned text encoder);
+frozen ones (a pretrained text encoder, a precomputed null context) are a read-only step argument
+placed on the mesh once. The UNet starts at random on the autoencoder of config.autoencoder, or from
+an imported pipeline (config.ldm.init_from: UNet, VAE, text encoder, schedule and latent scale).
 """
 
+import dataclasses
+import functools
 import logging
 import pathlib
 
+import flax.linen as nn
 import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latent_diffusion import data
+from latent_diffusion import conditioning as conditioning_lib, configuration, data, parallel
+from latent_diffusion.bundle import LatentDiffusion, unet_init_fn
 from latent_diffusion.data import latent_shards
 from latent_diffusion.diffusion import NoiseSchedule, q_sample, training_target
-from latent_diffusion.models import AutoencoderKL, DiagonalGaussian, UNet
+from latent_diffusion.models import DiagonalGaussian, UNet
 from latent_diffusion.training import autoencoder, loop
 from latent_diffusion.training import state as state_lib
 from latent_diffusion.training.state import create_train_state, make_optimizer
+from latent_diffusion.weights import pretrained, single_file
+
+LATENT_FIELDS = ("latent_mean", "latent_logvar")
 
 
-def build_model(config) -> UNet:
-  return UNet(out_channels=config.autoencoder.model.embed_dim, **config.ldm.model)
+def schedule_config(config) -> dict:
+  """NoiseSchedule.create keyword arguments of config.ldm.diffusion."""
+  d = config.ldm.diffusion
+  return dict(name=d.beta_schedule, num_timesteps=d.num_timesteps, beta_start=d.beta_start, beta_end=d.beta_end,
+              rescale_zero_terminal_snr=d.rescale_zero_terminal_snr)
 
 
 def build_schedule(config) -> NoiseSchedule:
-  d = config.ldm.diffusion
-  return NoiseSchedule.create(d.beta_schedule, d.num_timesteps, d.beta_start, d.beta_end)
+  return NoiseSchedule.create(**schedule_config(config))
 
 
-def null_label(config) -> int:
-  """The label index reserved for 'no condition' (the last class embedding)."""
-  return config.ldm.model.num_classes - 1
+def _import(config) -> LatentDiffusion:
+  """The pipeline config.ldm.init_from names (a diffusers folder or a single-file checkpoint)."""
+  path = pathlib.Path(config.ldm.init_from)
+  if path.is_dir():
+    return pretrained.load_diffusers(path)
+  if not config.ldm.conditioning.text.tokenizer_path:
+    raise ValueError(f"ldm.init_from={path} is a single-file checkpoint: set config.ldm.conditioning.text."
+                     f"tokenizer_path to the tokenizer folder of its text encoder.")
+  return single_file.load_single_file(path, config.ldm.conditioning.text.tokenizer_path,
+                                      prediction_type=config.ldm.diffusion.prediction_type,
+                                      image_size=config.data.image_size)
 
 
-def latent_shape(config) -> tuple[int, int, int]:
-  side = config.data.image_size // autoencoder.downsampling_factor(config)
-  return side, side, config.autoencoder.model.embed_dim
+def _checked_unet(unet: UNet, conditioning, where: str) -> UNet:
+  """`unet` if it takes what `conditioning` gives (context width, label count), else ValueError naming both."""
+  for field, value in conditioning.unet_fields().items():
+    if getattr(unet, field) != value:
+      raise ValueError(f"{where}: the UNet has {field}={getattr(unet, field)}, the conditioning "
+                       f"({conditioning.describe()}) gives {value}: the text encoder / tokenizer / data do not "
+                       f"match this UNet.")
+  if unet.context_dim is not None and "text" not in conditioning:
+    raise ValueError(f"{where}: the UNet has cross-attention (context_dim={unet.context_dim}); condition it on "
+                     f"text (config.ldm.conditioning.kinds).")
+  return unet
 
 
-def conditioning(config, batch: dict, rng: jax.Array | None = None) -> dict:
-  """UNet keyword inputs for `batch`; with `rng`, labels are dropped to null w.p. cond_drop_prob."""
-  if config.ldm.model.num_classes is None:
-    return {}
-  labels = batch["label"]
-  if rng is not None:
-    drop = jax.random.bernoulli(rng, config.ldm.cond_drop_prob, labels.shape)
-    labels = jnp.where(drop, null_label(config), labels)
-  return {"y": labels}
+def describe(config, workdir: pathlib.Path | None, mesh, text_source: str | None = None) -> LatentDiffusion:
+  """Stage 2's model as a bundle: modules, conditioning, schedule and the first stage's weights.
+
+  params holds 'autoencoder' (the trained one under workdir/autoencoder; none when workdir is None, for
+  tests of the step) and, when fine-tuning, the imported 'unet'; scale_factor is the imported one or
+  None (fixed when training starts). text_source overrides the text conditioner's source (sampling
+  reads prompts: 'caption').
+  """
+  height, width = data.image_shape(config.data)
+  if config.ldm.init_from:
+    imported = _import(config)
+    text = imported.conditioning["text"]
+    pipeline_text = None if config.ldm.conditioning.text.encoder_path else (text.tokenizer, text.encoder,
+                                                                            text.encoder_params)
+    conditioning = conditioning_lib.from_config(config, text_source, pipeline_text)
+    unet = _checked_unet(imported.unet.clone(dtype=config.ldm.model.dtype,
+                                             remat_policy=config.ldm.model.remat_policy),
+                         conditioning, f"ldm.init_from={config.ldm.init_from}")
+    f = imported.vae_scale
+    return dataclasses.replace(
+        imported, unet=unet, conditioning=conditioning,
+        latent_shape=(height // f, width // f, imported.latent_shape[2]),
+        params={"unet": imported.params["unet"], "autoencoder": imported.params["autoencoder"]})
+  conditioning = conditioning_lib.from_config(config, text_source)
+  if workdir is None:
+    ae, first_stage = autoencoder.build_model(config), {}
+  else:
+    ae, ae_params = autoencoder.load_params(config, workdir, mesh)
+    first_stage = {"autoencoder": ae_params}
+  unet = UNet(out_channels=config.autoencoder.model.embed_dim, **config.ldm.model, **conditioning.unet_fields())
+  f = autoencoder.downsampling_factor(config)
+  sample = config.sample
+  return LatentDiffusion(
+      unet=unet, autoencoder=ae, conditioning=conditioning, schedule=build_schedule(config),
+      schedule_config=schedule_config(config), scale_factor=None,
+      latent_shape=(height // f, width // f, config.autoencoder.model.embed_dim), sampler=sample.sampler,
+      sampler_options=dict(prediction_type=config.ldm.diffusion.prediction_type, spacing=sample.spacing,
+                           eta=sample.eta),
+      params=first_stage)
 
 
-def make_train_step(config, model: UNet, schedule: NoiseSchedule, tx, scale_factor: float) -> loop.StepFn:
-  prediction_type = config.ldm.diffusion.prediction_type
-
-  def loss_fn(params, batch: dict, rng: jax.Array):
-    z_rng, t_rng, noise_rng, drop_rng, dropout_rng = jax.random.split(rng, 5)
-    posterior = DiagonalGaussian(mean=batch["latent_mean"], logvar=batch["latent_logvar"])
-    z0 = posterior.sample(z_rng) * scale_factor                       # [B, h, w, c]
-    t = jax.random.randint(t_rng, z0.shape[:1], 0, schedule.num_timesteps)
-    noise = jax.random.normal(noise_rng, z0.shape, z0.dtype)
-    x_t = q_sample(schedule, z0, t, noise)
-    target = training_target(schedule, z0, noise, t, prediction_type)
-    cond = conditioning(config, batch, drop_rng)
-    out = model.apply({"params": params}, x_t, t, **cond, deterministic=False, rngs={"dropout": dropout_rng})
-    loss = jnp.mean(jnp.square(out.astype(jnp.float32) - target))
-    return loss, {"loss": loss}
-
-  return state_lib.make_train_step(loss_fn, tx, config.ldm.loop.ema_decay, config.ldm.optim.microbatches)
-
-
-def encode_split(config, ae: AutoencoderKL, ae_params, split: str, batch_size: int = 256) -> dict[str, np.ndarray]:
-  """Posterior mean / logvar [N, h, w, c] of every image of a split, plus its other fields.
+def encode_split(config, model: LatentDiffusion, split: str, batch_size: int = 256) -> dict[str, np.ndarray]:
+  """Posterior mean / logvar [N, h, w, c] of every image of a split, plus its other fields; with text
+  source 'context', also the frozen text encoder's outputs of its captions.
 
   One compiled encoder call per batch; the last batch is padded so that it compiles once.
   """
-  encode = jax.jit(lambda p, x: ae.apply({"params": p}, x, method=AutoencoderKL.encode))
+  ae = model.autoencoder
+  encode = jax.jit(lambda p, x: ae.apply({"params": p}, x, method=type(ae).encode))
   columns: dict[str, list] = {}
   for batch in data.make_dataset(config.data, split).to_iter_dataset().batch(batch_size):
     n = len(batch["image"])
     images = np.pad(batch.pop("image"), [(0, batch_size - n)] + [(0, 0)] * 3)
-    posterior = jax.device_get(encode(ae_params, images))
+    posterior = jax.device_get(encode(model.params["autoencoder"], images))
     for name, value in {"latent_mean": posterior.mean[:n], "latent_logvar": posterior.logvar[:n], **batch}.items():
       columns.setdefault(name, []).append(np.asarray(value))
-  return {name: np.concatenate(parts) for name, parts in columns.items()}
+  arrays = {name: np.concatenate(parts) for name, parts in columns.items()}
+  if "text" in model.conditioning and model.conditioning["text"].source == "context":
+    if "caption" not in arrays:
+      raise ValueError(f"config.data.name={config.data.name!r} gives no captions to encode for text conditioning.")
+    captions, index = np.unique(np.array(["" if c is None else str(c) for c in arrays["caption"]]),
+                                return_inverse=True)          # each distinct caption encoded once
+    arrays["context"] = model.conditioning["text"].encode_texts(list(captions))[index]
+  return arrays
 
 
-def training_latents(config, workdir: pathlib.Path, mesh) -> grain.MapDataset:
-  """Examples {'latent_mean', 'latent_logvar' [h, w, c], 'label'?}: the shards of
+def raw_latents(config, model: LatentDiffusion) -> grain.MapDataset:
+  """Examples {'latent_mean', 'latent_logvar' [h, w, c], other record fields}: the shards of
   latent_diffusion.encode under config.ldm.latents_path, or config.data encoded here in memory."""
-  fields = ("latent_mean", "latent_logvar") + (("label",) if config.ldm.model.num_classes is not None else ())
   if config.ldm.latents_path:
-    return latent_shards.latent_dataset(config.ldm.latents_path).map(lambda ex: {k: ex[k] for k in fields})
-  ae, ae_params = autoencoder.load_params(config, workdir, mesh)
-  latents = encode_split(config, ae, ae_params, "train")
-  return data.from_arrays({k: latents[k] for k in fields})
+    return latent_shards.latent_dataset(config.ldm.latents_path)
+  return data.from_arrays(encode_split(config, model, "train"))
+
+
+class PrepareExample(grain.transforms.Map):
+  """Record -> {latent moments, the conditioning's model inputs}; None when the conditioning drops it."""
+
+  def __init__(self, conditioning):
+    self.conditioning = conditioning
+
+  def map(self, example: dict) -> dict | None:
+    inputs = self.conditioning.prepare(example)
+    if inputs is None:
+      return None
+    return {**{name: example[name] for name in LATENT_FIELDS}, **inputs}
 
 
 def std_scale_factor(latents: grain.MapDataset, rng: jax.Array, batch_size: int) -> float:
   """LDM's scale_by_std: 1 / std of posterior samples of the first training batch."""
-  first = [latents[i] for i in range(min(batch_size, len(latents)))]
+  first = [ex for ex in (latents[i] for i in range(min(batch_size, len(latents)))) if ex is not None]  # None: corrupt
   posterior = DiagonalGaussian(mean=np.stack([ex["latent_mean"] for ex in first]),
                                logvar=np.stack([ex["latent_logvar"] for ex in first]))
   return float(1.0 / jnp.std(posterior.sample(rng)))
 
 
-def init_state(config, mesh, rng):
-  """(model, tx, state, state_shardings) of a fresh stage-2 run."""
-  model = build_model(config)
-  h, w, c = latent_shape(config)
-  dummy = jnp.zeros((1, h, w, c), jnp.float32)
-  kwargs = {"y": jnp.zeros((1,), jnp.int32)} if config.ldm.model.num_classes is not None else {}
+def make_train_step(model: LatentDiffusion, tx, scale_factor: float, ema_decay: float,
+                    microbatches: int = 1) -> loop.StepFn:
+  """step(state, batch, rng, frozen) -> (state, metrics); `frozen` = the conditioning's frozen params."""
+  fields = model.conditioning.input_fields()
+
+  def loss_fn(params, batch: dict, rng: jax.Array, frozen: dict):
+    z_rng, t_rng, noise_rng, drop_rng, dropout_rng = jax.random.split(rng, 5)
+    posterior = DiagonalGaussian(mean=batch["latent_mean"], logvar=batch["latent_logvar"])
+    z0 = posterior.sample(z_rng) * scale_factor                       # [B, h, w, c]
+    t = jax.random.randint(t_rng, z0.shape[:1], 0, model.schedule.num_timesteps)
+    noise = jax.random.normal(noise_rng, z0.shape, z0.dtype)
+    x_t = q_sample(model.schedule, z0, t, noise)
+    target = training_target(model.schedule, z0, noise, t, model.prediction_type)
+    cond_params = conditioning_lib.merge_params(params.get("conditioner", {}), frozen)
+    cond = model.conditioning.train_unet_kwargs(cond_params, {f: batch[f] for f in fields}, drop_rng)
+    out = model.unet.apply({"params": params["unet"]}, x_t, t, **cond, deterministic=False,
+                           rngs={"dropout": dropout_rng})
+    loss = jnp.mean(jnp.square(out.astype(jnp.float32) - target))
+    return loss, {"loss": loss}
+
+  def train_step(state, batch: dict, rng: jax.Array, frozen: dict):
+    step = state_lib.make_train_step(functools.partial(loss_fn, frozen=frozen), tx, ema_decay, microbatches)
+    return step(state, batch, rng)
+
+  return train_step
+
+
+def trainable_init_fn(model: LatentDiffusion):
+  """rng -> boxed {'unet', 'conditioner'?}: the parameters stage 2 trains."""
+  unet_init = unet_init_fn(model.unet, model.conditioning, model.latent_shape)
+
+  def init(rng):
+    unet_rng, cond_rng = jax.random.split(rng)
+    conditioner = model.conditioning.init_params(cond_rng)
+    return {"unet": unet_init(unet_rng), **({"conditioner": conditioner} if conditioner else {})}
+
+  return init
+
+
+def init_state(config, model: LatentDiffusion, mesh, rng):
+  """(tx, state, state_shardings) of a fresh stage-2 run; imported UNet weights (if any) are the start."""
   tx = make_optimizer(config.ldm.optim, config.ldm.loop.train_steps)
-  init = lambda r: model.init(r, dummy, jnp.zeros((1,), jnp.int32), **kwargs)["params"]
-  state, shardings = create_train_state(init, tx, rng, mesh, config.mesh)
-  return model, tx, state, shardings
+  values = {"unet": model.params["unet"]} if "unet" in model.params else None
+  state, shardings = create_train_state(trainable_init_fn(model), tx, rng, mesh, config.mesh, values)
+  return tx, state, shardings
+
+
+def frozen_params(model: LatentDiffusion, mesh, mesh_config) -> tuple[dict, dict]:
+  """(arrays, shardings) of the conditioning's frozen parameters, on the mesh."""
+  return parallel.place(model.conditioning.frozen_params(), mesh, mesh_config)
 
 
 def train(config, workdir: pathlib.Path, mesh) -> dict:
-  """Trains (or resumes) stage 2 under workdir/ldm on latents of the trained autoencoder."""
-  if config.ldm.model.num_classes is not None and config.ldm.model.num_classes != config.data.num_classes + 1:
-    raise ValueError(f"config.ldm.model.num_classes={config.ldm.model.num_classes} must be "
-                     f"config.data.num_classes + 1 = {config.data.num_classes + 1} (one null label for CFG).")
+  """Trains (or resumes) stage 2 under workdir/ldm; returns its summary metrics."""
   rng = jax.random.fold_in(jax.random.key(config.seed), 2)
-  latents = training_latents(config, workdir, mesh)
+  # Pre-encoded latents need no first stage here (sampling loads it).
+  model = describe(config, None if config.ldm.latents_path else workdir, mesh)
+  logging.info("ldm: %s conditioning; UNet %s.", model.conditioning.describe(),
+               "imported from " + config.ldm.init_from if config.ldm.init_from else "from scratch")
+  latents = raw_latents(config, model)
   resumed = loop.latest_meta(workdir / "ldm")
   if resumed is not None:
     scale_factor = resumed["scale_factor"]  # keep the constant the run started with
+  elif model.scale_factor is not None:
+    scale_factor = model.scale_factor
   elif config.ldm.scale_by_std:
     scale_factor = std_scale_factor(latents, jax.random.fold_in(rng, 1), config.data.batch_size)
   else:
     scale_factor = config.ldm.scale_factor
-  logging.info("ldm: latent scale factor %.5f (scale_by_std=%s).", scale_factor, config.ldm.scale_by_std)
-  model, tx, state, shardings = init_state(config, mesh, jax.random.fold_in(rng, 2))
+  logging.info("ldm: latent scale factor %.5f.", scale_factor)
+  tx, state, shardings = init_state(config, model, mesh, jax.random.fold_in(rng, 2))
+  frozen, frozen_shardings = frozen_params(model, mesh, config.mesh)
+  from latent_diffusion.evaluation import periodic  # pylint: disable=import-outside-toplevel  (it imports this module)
+  sampling_model = functools.cache(lambda: _sampling_model(config, workdir, mesh))    # built at the first evaluation
+  eval_fn, eval_history = periodic.training_eval_fn(
+      config, workdir, mesh, lambda state: _evaluated_model(sampling_model(), scale_factor, state))
   stage = loop.Stage(
       name="ldm", loop_config=config.ldm.loop, workdir=workdir / "ldm", state=state, state_shardings=shardings,
-      step_fn=make_train_step(config, model, build_schedule(config), tx, scale_factor),
-      dataset=latents, batch_size=config.data.batch_size, rng=jax.random.fold_in(rng, 3),
-      seed=config.seed + 1, meta={"scale_factor": scale_factor, "config": config.to_json_best_effort()},
-      mesh=mesh, mesh_config=config.mesh)
+      step_fn=make_train_step(model, tx, scale_factor, config.ldm.loop.ema_decay, config.ldm.optim.microbatches),
+      dataset=latents.map(PrepareExample(model.conditioning)).filter(lambda ex: ex is not None),
+      batch_size=config.data.batch_size,
+      rng=jax.random.fold_in(rng, 3), seed=config.seed + 1,
+      meta={"scale_factor": scale_factor, "config": config.to_json_best_effort()}, eval_fn=eval_fn, mesh=mesh,
+      mesh_config=config.mesh, step_args=(frozen,), step_args_shardings=(frozen_shardings,))
   state, meta, history = loop.train_stage(stage)
-  return {"scale_factor": meta["scale_factor"], "train_steps": int(state.step), **loop.loss_summary(history)}
+  skipped = model.conditioning["text"].skips.counts() if "text" in model.conditioning else {}
+  evals = {"evals_during_training": eval_history} if eval_history else {}
+  return {"scale_factor": meta["scale_factor"], "train_steps": int(state.step),
+          **({"skipped": skipped} if skipped else {}), **loop.loss_summary(history), **evals}
 
 
-def load_params(config, workdir: pathlib.Path, mesh):
-  """(model, EMA params, latent scale factor) of the trained LDM under workdir/ldm."""
-  model, _, template, _ = init_state(config, mesh, jax.random.key(0))
-  state, meta = loop.restore_trained(workdir / "ldm", template)
-  return model, state.ema_params, meta["scale_factor"]
+def _sampling_model(config, workdir: pathlib.Path, mesh) -> LatentDiffusion:
+  """Stage 2's model as sampling sees it (prompts, not stored contexts), with the first stage's weights."""
+  model = describe(config, workdir, mesh, text_source="caption")
+  frozen, _ = frozen_params(model, mesh, config.mesh)
+  return dataclasses.replace(model, params={**model.params, "conditioner": frozen})
+
+
+def _evaluated_model(model: LatentDiffusion, scale_factor: float, state) -> LatentDiffusion:
+  """`model` with a training state's EMA weights (for evaluation during training)."""
+  conditioner = conditioning_lib.merge_params(state.ema_params.get("conditioner", {}), model.params["conditioner"])
+  return dataclasses.replace(model, scale_factor=scale_factor, params={
+      "unet": state.ema_params["unet"], "autoencoder": model.params["autoencoder"], "conditioner": conditioner})
+
+
+def run_config(workdir: pathlib.Path):
+  """The config a run's stage 2 was trained with (saved with its checkpoints)."""
+  meta = loop.latest_meta(workdir / "ldm")
+  if meta is None:
+    raise FileNotFoundError(f"No LDM checkpoint under {workdir / 'ldm'}; train one with latent_diffusion.train first.")
+  return configuration.config_from_json(meta["config"]), meta
+
+
+def load_trained(workdir: pathlib.Path, mesh=None, config=None) -> LatentDiffusion:
+  """The trained run under `workdir` as a bundle for sampling / export: EMA weights only (the optimizer
+  state is never read), placed on `mesh` (default: all devices) by their logical axes."""
+  saved_config, meta = run_config(workdir)
+  config = saved_config if config is None else config
+  mesh = parallel.make_mesh(config.mesh) if mesh is None else mesh
+  model = describe(config, workdir, mesh, text_source="caption")
+  init = trainable_init_fn(model)
+  shardings = parallel.state_shardings(init, mesh, config.mesh, jax.random.key(0))
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          nn.unbox(jax.eval_shape(init, jax.random.key(0))), shardings)
+  ema = loop.restore_ema_params(workdir / "ldm", abstract)
+  frozen, _ = frozen_params(model, mesh, config.mesh)
+  params = {"unet": ema["unet"], "autoencoder": model.params["autoencoder"],
+            "conditioner": conditioning_lib.merge_params(ema.get("conditioner", {}), frozen)}
+  return dataclasses.replace(model, scale_factor=meta["scale_factor"], params=params)

@@ -26,14 +26,15 @@ import numpy as np
 from latent_diffusion import parallel, preemption
 from latent_diffusion.training import resume
 from latent_diffusion.training.batches import batch_iterator
-from latent_diffusion.training.checkpoint import StageCheckpoints, restore_params_subtree
+from latent_diffusion.training.checkpoint import StageCheckpoints
 from latent_diffusion.training.state import NONFINITE_METRIC
 
 __all__ = ["Stage", "StepFn", "NonFiniteError", "batch_iterator", "compile_step", "train_stage", "loss_summary",
            "restore_trained", "latest_meta", "restore_ema_params"]
 
-# (state, batch, rng) -> (state, {name: scalar}); rng is the stage's root key (fold in state.step).
-StepFn = Callable[[Any, dict, jax.Array], tuple[Any, dict]]
+# (state, batch, rng, *step_args) -> (state, {name: scalar}); rng is the stage's root key (fold in state.step);
+# step_args are arrays the step reads but does not train (e.g. a frozen text encoder).
+StepFn = Callable[..., tuple[Any, dict]]
 
 
 class NonFiniteError(FloatingPointError):
@@ -57,15 +58,17 @@ class Stage:
   eval_fn: Callable[[Any], dict] | None = None   # state -> {name: float}
   mesh: Any = None
   mesh_config: Any = None
+  step_args: tuple = ()               # extra, read-only arguments of every step, already on the mesh
+  step_args_shardings: tuple = ()
 
 
-def compile_step(step_fn: StepFn, rng: jax.Array, state_shardings, mesh, mesh_config):
-  """jit(state, batch) -> (state, metrics): state sharded by its rules and donated, batch split
-  over 'batch'. The root key enters as a compile-time constant, identical on every process."""
+def compile_step(step_fn: StepFn, rng: jax.Array, state_shardings, mesh, mesh_config, step_args_shardings=()):
+  """jit(state, batch, *step_args) -> (state, metrics): state sharded by its rules and donated, batch split
+  over 'batch', step_args as given. The root key enters as a compile-time constant, identical on every process."""
   key_data = np.asarray(jax.random.key_data(rng))
-  step = lambda state, batch: step_fn(state, batch, jax.random.wrap_key_data(key_data))
+  step = lambda state, batch, *args: step_fn(state, batch, jax.random.wrap_key_data(key_data), *args)
   return jax.jit(step, donate_argnums=0,
-                 in_shardings=(state_shardings, parallel.batch_sharding(mesh, mesh_config)),
+                 in_shardings=(state_shardings, parallel.batch_sharding(mesh, mesh_config), *step_args_shardings),
                  out_shardings=(state_shardings, parallel.replicated(mesh)))
 
 
@@ -173,7 +176,8 @@ def _train(stage: Stage, checkpoints: StageCheckpoints) -> tuple[Any, dict, list
   from clu import metric_writers, periodic_actions  # pylint: disable=import-outside-toplevel
 
   batch_sharding = parallel.batch_sharding(stage.mesh, stage.mesh_config)
-  step_fn = compile_step(stage.step_fn, stage.rng, stage.state_shardings, stage.mesh, stage.mesh_config)
+  step_fn = compile_step(stage.step_fn, stage.rng, stage.state_shardings, stage.mesh, stage.mesh_config,
+                         stage.step_args_shardings)
   writer = metric_writers.create_default_writer(
       str(stage.workdir / "tensorboard"), just_logging=jax.process_index() > 0, collection=stage.name)
   progress = periodic_actions.ReportProgress(num_train_steps=cfg.train_steps, writer=writer,
@@ -182,7 +186,7 @@ def _train(stage: Stage, checkpoints: StageCheckpoints) -> tuple[Any, dict, list
   for step in range(start + 1, cfg.train_steps + 1):
     batch = parallel.global_batch(next(batches), batch_sharding)
     with jax.transfer_guard("disallow"):
-      state, metrics = step_fn(state, batch)
+      state, metrics = step_fn(state, batch, *stage.step_args)
     tally = _new_tally(metrics, parallel.replicated(stage.mesh)) if tally is None else tally
     with jax.transfer_guard("disallow"):
       tally = _add_to_tally(tally, metrics)
@@ -231,8 +235,8 @@ def restore_ema_params(workdir: pathlib.Path, params_template: Any) -> Any:
   """Only the EMA parameters of a stage's newest good checkpoint (what sampling uses), restored into
   the shapes and shardings of `params_template` (arrays, or jax.ShapeDtypeStruct with shardings, e.g.
   jax.eval_shape of the init with the state's param shardings): no optimizer state is read or built."""
-  return _newest_readable(workdir, lambda checkpoints, step: restore_params_subtree(
-      checkpoints.directory / str(step), "ema_params", params_template))
+  return _newest_readable(workdir, lambda checkpoints, step: checkpoints.restore_subtree(
+      "ema_params", params_template, step))
 
 
 def _newest_readable(workdir: pathlib.Path, read: Callable[[StageCheckpoints, int], Any], required: bool = True):

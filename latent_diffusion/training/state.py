@@ -124,18 +124,46 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, ema_decay
   return train_step
 
 
+def _replace(boxed: dict, values: dict, path: str = "") -> dict:
+  """`boxed` params with the leaves at the paths of `values` (a nested dict of arrays) set to those values."""
+  out = dict(boxed)
+  for key, value in values.items():
+    if key not in boxed:
+      raise KeyError(f"Initial value for {path}/{key}, which the model does not have.")
+    if isinstance(value, dict):
+      out[key] = _replace(boxed[key], value, f"{path}/{key}")
+    else:
+      box = boxed[key]
+      boxed_leaf = isinstance(box, nn.Partitioned)
+      shape = (box.value if boxed_leaf else box).shape
+      if tuple(shape) != tuple(value.shape):
+        raise ValueError(f"Initial value for {path}/{key} has shape {tuple(value.shape)}, the model {tuple(shape)}.")
+      out[key] = box.replace_boxed(value) if boxed_leaf else value
+  return out
+
+
+def _like(tree: Any, values: Any) -> Any:
+  """The part of `tree` at the paths of the nested dict `values`."""
+  return {k: _like(tree[k], v) for k, v in values.items()} if isinstance(values, dict) else tree
+
+
 def create_train_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                       rng: jax.Array, mesh, mesh_config) -> tuple[TrainState, Any]:
+                       rng: jax.Array, mesh, mesh_config, values: dict | None = None) -> tuple[TrainState, Any]:
   """Initialises the state under jit with sharded outputs; returns (state, state_shardings).
 
-  `init_params(rng)` returns the boxed (logically partitioned) params of `model.init`.
-  No host ever holds the unsharded state.
+  `init_params(rng)` returns the boxed (logically partitioned) params of `model.init`. `values`, a
+  nested dict of arrays such as imported weights, replaces the initial params at its paths (moved to
+  their shardings first; XLA drops the random initialisers it overrides). No host ever holds the
+  unsharded state.
   """
-  def init_boxed(rng):
-    params = init_params(rng)
+  values = {} if values is None else values
+
+  def init_boxed(rng, values):
+    params = _replace(init_params(rng), values)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                       opt_state=tx.init(params))
 
-  shardings = parallel.state_shardings(init_boxed, mesh, mesh_config, rng)
-  state = jax.jit(lambda r: nn.unbox(init_boxed(r)), out_shardings=shardings)(rng)
+  shardings = parallel.state_shardings(init_boxed, mesh, mesh_config, rng, values)
+  values = jax.device_put(values, _like(shardings.params, values))
+  state = jax.jit(lambda r, v: nn.unbox(init_boxed(r, v)), out_shardings=shardings)(rng, values)
   return state, shardings

@@ -1,20 +1,21 @@
-"""A pretrained text-to-image LDM in our form, and diffusers-format folders <-> that form.
+"""diffusers pipeline folders <-> `bundle.LatentDiffusion`.
 
 A diffusers Stable Diffusion folder holds model_index.json and one sub-folder per component:
 unet/ and vae/ (config.json + diffusion_pytorch_model.safetensors), text_encoder/ (transformers
 config.json + model.safetensors), tokenizer/ and scheduler/ (scheduler_config.json). Every
-module configuration is derived from those files; nothing is fetched from a network.
+module configuration is derived from those files; nothing is fetched from a network. An export
+writes every config key the import read (the files' own configs, updated from the modules).
 """
 
-import dataclasses
 import json
 import pathlib
 from typing import Any
 
 import flax.linen as nn
 
+from latent_diffusion.bundle import LatentDiffusion
+from latent_diffusion.conditioning import Conditioning, TextConditioner
 from latent_diffusion.data import tokenization
-from latent_diffusion.diffusion import NoiseSchedule
 from latent_diffusion.weights import autoencoder as autoencoder_weights
 from latent_diffusion.weights import files, mapping, scheduler as scheduler_weights, text as text_weights
 from latent_diffusion.weights import unet as unet_weights
@@ -22,39 +23,7 @@ from latent_diffusion.weights import unet as unet_weights
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _PIPELINE_CLASS = "StableDiffusionPipeline"
 _DIFFUSERS_VERSION = "0.42.1"
-
-
-@dataclasses.dataclass
-class PretrainedLDM:
-  """Modules, float32 params and sampling defaults of a text-to-image latent diffusion model."""
-  unet: nn.Module
-  unet_params: Any
-  vae: nn.Module
-  vae_params: Any
-  scaling_factor: float
-  text_encoder: nn.Module
-  text_params: Any
-  tokenizer: Any
-  schedule: NoiseSchedule
-  sampler: str
-  sampler_options: dict
-  # The configs read from (or to be written to) the folder, kept for a lossless export.
-  unet_config: dict
-  vae_config: dict
-  scheduler_config: dict
-
-  @property
-  def latent_channels(self) -> int:
-    return self.unet_config["in_channels"]
-
-  @property
-  def vae_scale(self) -> int:
-    return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
-
-  @property
-  def default_size(self) -> int:
-    """Image side in pixels the UNet was configured for (sample_size x VAE factor)."""
-    return self.unet_config["sample_size"] * self.vae_scale
+_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 def _load_diffusers_model(folder: pathlib.Path, module_from_config, rules_fn, abstract_fn):
@@ -72,28 +41,47 @@ def load_diffusers_vae(folder: str | pathlib.Path) -> tuple[nn.Module, Any, dict
       lambda m, c: autoencoder_weights.abstract_params(m, 8 * 2 ** (len(c["block_out_channels"]) - 1)))
 
 
-def load_diffusers(folder: str | pathlib.Path) -> PretrainedLDM:
-  """Reads a diffusers StableDiffusionPipeline-style folder (local only)."""
+def load_text_conditioner(encoder_folder: str | pathlib.Path, tokenizer_folder: str | pathlib.Path,
+                          **options) -> tuple[TextConditioner, dict]:
+  """(frozen text conditioner, the encoder's config.json) of a transformers encoder folder and a tokenizer folder.
+
+  use_attention_mask follows the encoder config's key of that name (as diffusers' pipelines do) unless given.
+  """
+  config = files.read_json(pathlib.Path(encoder_folder) / "config.json", "text encoder config.json")
+  encoder, params = text_weights.load_hf_text_encoder(encoder_folder, dtype=options.pop("dtype", "float32"))
+  options.setdefault("use_attention_mask", bool(config.get("use_attention_mask", False)))
+  options.setdefault("train_encoder", False)
+  tokenizer = tokenization.load_tokenizer(tokenizer_folder)
+  return TextConditioner(tokenizer, encoder, params, **options), config
+
+
+def load_diffusers(folder: str | pathlib.Path) -> LatentDiffusion:
+  """Reads a diffusers StableDiffusionPipeline-style folder (local only); the text encoder is frozen."""
   folder = pathlib.Path(folder)
   index = files.read_json(folder / "model_index.json", "diffusers pipeline index (model_index.json)")
-  needed = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-  absent = [name for name in needed if not index.get(name) or index[name][0] is None]
+  absent = [name for name in _COMPONENTS if not index.get(name) or index[name][0] is None]
   if absent:
     raise ValueError(f"{folder / 'model_index.json'} lacks the components {absent}; a text-to-image pipeline "
-                     f"needs {list(needed)}.")
+                     f"needs {list(_COMPONENTS)}.")
   unet, unet_params, unet_config = _load_diffusers_model(
       folder / "unet", unet_weights.from_diffusers_config, unet_weights.diffusers_rules,
       lambda m, c: unet_weights.abstract_params(m, c["sample_size"], c["in_channels"]))
   vae, vae_params, vae_config = load_diffusers_vae(folder / "vae")
-  text_encoder, text_params = text_weights.load_hf_text_encoder(folder / "text_encoder")
-  tokenizer = tokenization.load_tokenizer(folder / "tokenizer")
+  text, text_config = load_text_conditioner(folder / "text_encoder", folder / "tokenizer")
+  if text.width != unet.context_dim:
+    raise ValueError(f"{folder}: the text encoder's width {text.width} does not match the UNet's "
+                     f"cross_attention_dim {unet.context_dim}.")
   scheduler_config = files.read_json(folder / "scheduler" / "scheduler_config.json", "scheduler config")
   schedule, sampler, options = scheduler_weights.from_diffusers_scheduler(scheduler_config)
-  return PretrainedLDM(unet=unet, unet_params=unet_params, vae=vae, vae_params=vae_params,
-                       scaling_factor=autoencoder_weights.scaling_factor(vae_config), text_encoder=text_encoder,
-                       text_params=text_params, tokenizer=tokenizer, schedule=schedule, sampler=sampler,
-                       sampler_options=options, unet_config=unet_config, vae_config=vae_config,
-                       scheduler_config=scheduler_config)
+  size = unet_config["sample_size"]
+  return LatentDiffusion(
+      unet=unet, autoencoder=vae, conditioning=Conditioning([text]), schedule=schedule,
+      schedule_config=scheduler_weights.schedule_config_from_diffusers(scheduler_config),
+      scale_factor=autoencoder_weights.scaling_factor(vae_config),
+      latent_shape=(size, size, vae.embed_dim), sampler=sampler, sampler_options=options,
+      params={"unet": unet_params, "autoencoder": vae_params, "conditioner": {"text": {"encoder": text.encoder_params}}},
+      source_configs={"unet": unet_config, "vae": vae_config, "scheduler": scheduler_config,
+                      "text_encoder": text_config})
 
 
 def _write_diffusers_model(folder: pathlib.Path, config: dict, tensors: dict) -> None:
@@ -102,26 +90,57 @@ def _write_diffusers_model(folder: pathlib.Path, config: dict, tensors: dict) ->
   files.write_safetensors(tensors, folder / _DIFFUSERS_WEIGHTS[0], metadata={"format": "pt"})
 
 
-def save_diffusers(model: PretrainedLDM, folder: str | pathlib.Path) -> None:
-  """Writes `model` as a diffusers folder that diffusers' from_pretrained and load_diffusers read."""
+def _exported_text_encoder(text: TextConditioner, params: dict) -> tuple[nn.Module, dict]:
+  """The encoder as diffusers will run it: with layer='penultimate', the last layer dropped (exactly the
+  same outputs: CLIP applies its final LayerNorm after the kept layers, BERT has none)."""
+  encoder, params = text.encoder, dict(params)
+  skip = {"last": 0, "penultimate": 1}[text.layer]
+  if skip:
+    kept = encoder.num_layers - skip
+    params = {k: v for k, v in params.items() if not (k.startswith("layers_") and int(k.split("_")[1]) >= kept)}
+    params.pop("pooler", None)
+    encoder = encoder.clone(num_layers=kept, **({"add_pooling_layer": False} if hasattr(encoder, "add_pooling_layer")
+                                                else {}))
+  return encoder, params
+
+
+def save_diffusers(model: LatentDiffusion, folder: str | pathlib.Path) -> None:
+  """Writes `model` as a diffusers StableDiffusionPipeline folder that diffusers' from_pretrained and
+  load_diffusers read; diffusers then samples what our Generator samples (text-conditional models)."""
+  if model.conditioning.kinds != ("text",):
+    raise ValueError(f"A diffusers StableDiffusionPipeline is text-conditional; this model is conditioned on "
+                     f"{model.conditioning.describe()}.")
   folder = pathlib.Path(folder)
-  unet_config = unet_weights.to_diffusers_config(model.unet, "UNet2DConditionModel")
-  unet_config["sample_size"] = model.unet_config["sample_size"]
+  source = model.source_configs
+  text = model.conditioning["text"]
+  unet = model.unet if model.unet.in_channels is not None else model.unet.clone(in_channels=model.latent_shape[2])
+  unet_config = {**source.get("unet", {"sample_size": model.latent_shape[0]}),
+                 **unet_weights.to_diffusers_config(unet, "UNet2DConditionModel")}
+  unet_config["sample_size"] = source.get("unet", {}).get("sample_size", model.latent_shape[0])
   _write_diffusers_model(folder / "unet", unet_config,
-                         mapping.export_params(model.unet_params, unet_weights.diffusers_rules(model.unet)))
-  vae_config = autoencoder_weights.to_diffusers_config(model.vae, model.scaling_factor)
-  vae_config["sample_size"] = model.vae_config.get("sample_size", model.default_size)
-  _write_diffusers_model(folder / "vae", vae_config,
-                         mapping.export_params(model.vae_params, autoencoder_weights.diffusers_rules(model.vae)))
-  text_weights.save_hf_text_encoder(model.text_encoder, model.text_params, folder / "text_encoder")
-  model.tokenizer.save_pretrained(folder / "tokenizer")
+                         mapping.export_params(model.params["unet"], unet_weights.diffusers_rules(unet)))
+  vae_config = {**source.get("vae", {}), **autoencoder_weights.to_diffusers_config(model.autoencoder, model.scale_factor)}
+  vae_config.setdefault("sample_size", model.default_size[0])
+  _write_diffusers_model(folder / "vae", vae_config, mapping.export_params(
+      model.params["autoencoder"], autoencoder_weights.diffusers_rules(model.autoencoder)))
+  encoder, encoder_params = _exported_text_encoder(text, model.params["conditioner"]["text"]["encoder"])
+  base = source.get("text_encoder") or {"model_type": text_weights.to_hf_config(encoder)["model_type"]}
+  text_weights.save_hf_text_encoder(encoder, encoder_params, folder / "text_encoder",
+                                    base_config={**base, "use_attention_mask": text.use_attention_mask})
+  text.tokenizer.save_pretrained(folder / "tokenizer")
+  tokenizer_config_path = folder / "tokenizer" / "tokenizer_config.json"
+  tokenizer_config = json.loads(tokenizer_config_path.read_text())
+  tokenizer_config["model_max_length"] = text.max_length      # diffusers pads prompts to model_max_length
+  tokenizer_config_path.write_text(json.dumps(tokenizer_config, indent=2))
+  scheduler_config = source.get("scheduler") or scheduler_weights.to_diffusers_scheduler(
+      model.schedule_config, model.sampler, model.sampler_options)
   (folder / "scheduler").mkdir(parents=True, exist_ok=True)
-  (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(model.scheduler_config, indent=2))
+  (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2))
   index = {"_class_name": _PIPELINE_CLASS, "_diffusers_version": _DIFFUSERS_VERSION,
            "requires_safety_checker": False, "feature_extractor": [None, None], "safety_checker": [None, None],
            "image_encoder": [None, None], "unet": ["diffusers", unet_config["_class_name"]],
            "vae": ["diffusers", vae_config["_class_name"]],
-           "text_encoder": ["transformers", text_weights.to_hf_config(model.text_encoder)["architectures"][0]],
-           "tokenizer": ["transformers", type(model.tokenizer).__name__.removesuffix("Fast")],
-           "scheduler": ["diffusers", model.scheduler_config["_class_name"]]}
+           "text_encoder": ["transformers", text_weights.to_hf_config(encoder)["architectures"][0]],
+           "tokenizer": ["transformers", type(text.tokenizer).__name__.removesuffix("Fast")],
+           "scheduler": ["diffusers", scheduler_config["_class_name"]]}
   (folder / "model_index.json").write_text(json.dumps(index, indent=2))

@@ -2,7 +2,8 @@
 
 Supported classes and the sampler each becomes: DDPMScheduler -> 'ddpm', DDIMScheduler -> 'ddim',
 PNDMScheduler (skip_prk_steps=True) -> 'plms', DPMSolverMultistepScheduler ('dpmsolver++') ->
-'dpm_solver_pp'. A key we cannot honour (trained_betas, thresholding, Karras sigmas, ...) raises
+'dpm_solver_pp'; rescale_betas_zero_snr (zero terminal SNR) is honoured where diffusers reads it.
+A key we cannot honour (trained_betas, thresholding, Karras sigmas, ...) raises
 ValueError naming it; keys the class does not read or that do not change the math
 (_diffusers_version, dynamic_thresholding_ratio, PNDM's clip_sample, ...) are ignored, as diffusers does.
 Missing keys take diffusers' defaults for that class.
@@ -16,10 +17,13 @@ from latent_diffusion.diffusion.timesteps import SPACINGS
 
 # diffusers beta_schedule -> ours ('squaredcos_cap_v2' is Nichol & Dhariwal's cosine, capped at 0.999).
 _BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
-_SCHEDULE_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
+_SCHEDULE_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
+                      "rescale_betas_zero_snr": False}
 # Keys whose other values change the math in ways we do not implement: of every class, and of all but PNDM.
 _COMMON_REQUIRED = {"trained_betas": None}
-_PLAIN_BETAS = {"thresholding": False, "rescale_betas_zero_snr": False}
+_PLAIN_BETAS = {"thresholding": False}
+# Classes that read rescale_betas_zero_snr (PNDMScheduler has no such option and ignores the key).
+_RESCALING = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,13 +73,16 @@ def _class_spec(class_name) -> _Scheduler:
 
 
 def schedule_config_from_diffusers(config: dict) -> dict:
-  """NoiseSchedule.create keyword arguments {name, num_timesteps, beta_start, beta_end} of a scheduler config."""
+  """NoiseSchedule.create keyword arguments {name, num_timesteps, beta_start, beta_end,
+  rescale_zero_terminal_snr} of a scheduler config."""
   merged = {**_SCHEDULE_DEFAULTS, **config}
   if merged["beta_schedule"] not in _BETA_SCHEDULES:
     raise ValueError(f"beta_schedule={merged['beta_schedule']!r} is not supported; supported: "
                      f"{sorted(_BETA_SCHEDULES)}.")
+  rescale = bool(merged["rescale_betas_zero_snr"]) and config.get("_class_name") in _RESCALING
   return dict(name=_BETA_SCHEDULES[merged["beta_schedule"]], num_timesteps=int(merged["num_train_timesteps"]),
-              beta_start=float(merged["beta_start"]), beta_end=float(merged["beta_end"]))
+              beta_start=float(merged["beta_start"]), beta_end=float(merged["beta_end"]),
+              rescale_zero_terminal_snr=rescale)
 
 
 def from_diffusers_scheduler(config: dict) -> tuple[NoiseSchedule, str, dict]:
@@ -119,6 +126,12 @@ def to_diffusers_scheduler(schedule_config: dict, sampler: str, options: dict) -
   config = {"_class_name": class_name, "num_train_timesteps": schedule_config["num_timesteps"],
             "beta_start": schedule_config["beta_start"], "beta_end": schedule_config["beta_end"],
             "beta_schedule": beta_schedules[schedule_config["name"]], **_COMMON_REQUIRED, **spec.required}
+  rescale = bool(schedule_config.get("rescale_zero_terminal_snr", False))
+  if class_name in _RESCALING:
+    config["rescale_betas_zero_snr"] = rescale
+  elif rescale:
+    raise ValueError(f"{class_name} cannot express zero-terminal-SNR betas (rescale_betas_zero_snr); use ddim, "
+                     f"ddpm or dpm_solver_pp.")
   defaults = {ours: spec.defaults[key] for key, ours in spec.renamed.items()}
   config.update({key: options.get(ours, defaults[ours]) for key, ours in spec.renamed.items()})
   if "clip_sample" in spec.defaults:

@@ -14,11 +14,12 @@ import re
 
 import numpy as np
 
+from latent_diffusion.bundle import LatentDiffusion
+from latent_diffusion.conditioning import Conditioning, TextConditioner
 from latent_diffusion.data import tokenization
 from latent_diffusion.weights import autoencoder as autoencoder_weights
 from latent_diffusion.weights import files, mapping, scheduler as scheduler_weights, text as text_weights
 from latent_diffusion.weights import unet as unet_weights
-from latent_diffusion.weights.pretrained import PretrainedLDM
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -119,8 +120,8 @@ def default_scheduler_config(prediction_type: str) -> dict:
 
 def load_single_file(path: str | pathlib.Path, tokenizer_folder: str | pathlib.Path,
                      prediction_type: str = "epsilon", image_size: int = 512, norm_groups: int = 32,
-                     clip_head_dim: int = 64) -> PretrainedLDM:
-  """A PretrainedLDM from one original checkpoint plus a local tokenizer folder.
+                     clip_head_dim: int = 64) -> LatentDiffusion:
+  """A LatentDiffusion bundle from one original checkpoint plus a local tokenizer folder (text encoder frozen).
 
   image_size: the default sampling size in pixels. norm_groups (GroupNorm groups of UNet and VAE)
   and clip_head_dim (channels per text-encoder head) are not recorded in the tensors; the defaults
@@ -142,24 +143,30 @@ def load_single_file(path: str | pathlib.Path, tokenizer_folder: str | pathlib.P
   vae_params = mapping.import_params(vae_state, autoencoder_weights.compvis_rules(vae),
                                      autoencoder_weights.abstract_params(vae, 8 * factor), source=f"{path} (VAE)")
   tokenizer = tokenization.load_tokenizer(tokenizer_folder)
-  text_encoder = text_weights.from_hf_config(clip_config(clip_state, tokenizer, clip_head_dim))
+  text_config = clip_config(clip_state, tokenizer, clip_head_dim)
+  text_encoder = text_weights.from_hf_config(text_config)
   text_params = mapping.import_params(clip_state, text_weights.compvis_clip_rules(text_encoder),
                                       text_weights.abstract_params(text_encoder), source=f"{path} (text encoder)",
                                       ignore=lambda key: key.endswith("position_ids"))
+  text = TextConditioner(tokenizer, text_encoder, text_params, train_encoder=False)
   scheduler_cfg = default_scheduler_config(prediction_type)
   schedule, sampler, options = scheduler_weights.from_diffusers_scheduler(scheduler_cfg)
-  return PretrainedLDM(unet=unet, unet_params=unet_params, vae=vae, vae_params=vae_params,
-                       scaling_factor=SD_SCALING_FACTOR, text_encoder=text_encoder, text_params=text_params,
-                       tokenizer=tokenizer, schedule=schedule, sampler=sampler,
-                       sampler_options=options, unet_config=unet_cfg, vae_config=vae_cfg, scheduler_config=scheduler_cfg)
+  size = unet_cfg["sample_size"]
+  return LatentDiffusion(
+      unet=unet, autoencoder=vae, conditioning=Conditioning([text]), schedule=schedule,
+      schedule_config=scheduler_weights.schedule_config_from_diffusers(scheduler_cfg), scale_factor=SD_SCALING_FACTOR,
+      latent_shape=(size, size, vae.embed_dim), sampler=sampler, sampler_options=options,
+      params={"unet": unet_params, "autoencoder": vae_params, "conditioner": {"text": {"encoder": text_params}}},
+      source_configs={"unet": unet_cfg, "vae": vae_cfg, "scheduler": scheduler_cfg, "text_encoder": text_config})
 
 
-def save_single_file(model: PretrainedLDM, path: str | pathlib.Path) -> None:
+def save_single_file(model: LatentDiffusion, path: str | pathlib.Path) -> None:
   """Writes the UNet, autoencoder and CLIP text encoder as one original-format .safetensors file."""
+  text = model.conditioning["text"]
   tensors = {}
   for params, rules, prefix in (
-      (model.unet_params, unet_weights.compvis_rules(model.unet), UNET_PREFIX),
-      (model.vae_params, autoencoder_weights.compvis_rules(model.vae), VAE_PREFIX),
-      (model.text_params, text_weights.compvis_clip_rules(model.text_encoder), CLIP_PREFIX)):
+      (model.params["unet"], unet_weights.compvis_rules(model.unet), UNET_PREFIX),
+      (model.params["autoencoder"], autoencoder_weights.compvis_rules(model.autoencoder), VAE_PREFIX),
+      (model.params["conditioner"]["text"]["encoder"], text_weights.compvis_clip_rules(text.encoder), CLIP_PREFIX)):
     tensors.update({prefix + k: v for k, v in mapping.export_params(params, rules).items()})
   files.write_safetensors({k: np.asarray(v) for k, v in tensors.items()}, path)

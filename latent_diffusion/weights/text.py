@@ -175,9 +175,18 @@ def load_hf_text_encoder(folder: str | pathlib.Path, dtype: Any = jnp.float32) -
   return module, params
 
 
-def save_hf_text_encoder(module: TextEncoder, params: dict, folder: str | pathlib.Path) -> None:
-  """Writes config.json and a float32 model.safetensors that transformers' from_pretrained(folder) loads."""
+def save_hf_text_encoder(module: TextEncoder, params: dict, folder: str | pathlib.Path,
+                         base_config: dict | None = None) -> None:
+  """Writes config.json and a float32 model.safetensors that transformers' from_pretrained(folder) loads.
+
+  base_config: the config.json the encoder was imported from (keys the module does not hold, such as CLIP's
+  bos / pad token ids or projection_dim, are kept; the module's own fields override it) or extra keys such as
+  use_attention_mask (with model_type, which must be the module's).
+  """
   folder = pathlib.Path(folder)
   tensors = export_params(params, hf_rules(module, _architecture(module).save_prefix))
   files.write_safetensors(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-  (folder / "config.json").write_text(json.dumps(to_hf_config(module), indent=2) + "\n")
+  config = to_hf_config(module)
+  if base_config and base_config.get("model_type") == config["model_type"]:   # not a composite CLIPModel config
+    config = {**base_config, **config}
+  (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -202,7 +202,8 @@ def test_configs_choose_the_source_by_name(shards, folder):
   pattern = str(source.shards[0].parent / "{00000..00002}.tar")
   config = ConfigDict(dict(name="tar_shards", image_size=SIZE, train_path=pattern, crop="random", flip=True, seed=3))
   examples = list(data.make_dataset(config, "train"))
-  assert len(examples) == len(expected) and sorted(examples[0]) == ["image"]
+  assert len(examples) == len(expected) and sorted(examples[0]) == ["caption", "image", "key"]
+  assert {e["key"]: e["caption"] for e in examples} == {k: want.caption for k, want in expected.items()}
   folders = data.make_dataset(ConfigDict(dict(name="image_folder", image_size=SIZE, train_path=str(folder[0]))),
                               "train")
   assert [e["label"] for e in folders] == [e.label for e in folder[1].values()]

@@ -72,11 +72,12 @@ def test_records_carry_bytes_caption_and_metadata(source, shards):
 
 
 def test_missing_caption_and_bad_json_give_defaults(tmp_path):
+  """No .txt: the .json's caption (img2dataset writes it there too), else None (counted by text conditioning)."""
   write_tar(tmp_path / "s.tar", [("a.png", b"x"), ("a.json", b"{not json"), ("b.webp", b"y"), ("b.json", b"[1]"),
-                              ("b.txt", b" hi \n")])
+                              ("b.txt", b" hi \n"), ("c.jpg", b"z"), ("c.json", b'{"caption": " from json "}')])
   source = TarShardSource(str(tmp_path / "s.tar"))
-  assert [(r["key"], r["caption"], r["metadata"], r["image_format"]) for r in (source[0], source[1])] == [
-      ("a", "", {}, "png"), ("b", "hi", {}, "webp")]
+  assert [(r["key"], r["caption"], r["metadata"], r["image_format"]) for r in (source[0], source[1], source[2])] == [
+      ("a", None, {}, "png"), ("b", "hi", {}, "webp"), ("c", "from json", {"caption": " from json "}, "jpg")]
 
 
 def test_a_cut_between_samples_drops_only_the_last_one(tmp_path):

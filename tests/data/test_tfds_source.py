@@ -146,15 +146,16 @@ def test_split_specs_and_datasets_without_labels(data_dir):
   assert len(both) == 4 + len(examples()["validation"])
   plain = TfdsSource("ldm_test_unlabelled", "train", data_dir=data_dir, label_key=None)
   assert [sorted(plain[i]) for i in range(2)] == [["caption", "image_bytes", "key", "metadata"]] * 2
-  assert [plain[i]["key"] for i in range(2)] == ["train/0", "train/1"] and plain[0]["caption"] == ""
+  assert [plain[i]["key"] for i in range(2)] == ["train/0", "train/1"] and plain[0]["caption"] is None
   assert sorted(next(iter(images.image_dataset(plain, image_size=SIZE)))) == ["image"]
 
 
 def test_config_chooses_tfds_with_the_split_as_path(data_dir):
   config = ConfigDict(dict(name="tfds", tfds_name="ldm_test_imagenet", tfds_data_dir=str(data_dir), image_size=SIZE,
-                           train_path="train", val_path="validation"))
+                           train_path="train", val_path="validation", tfds_caption_key="file_name"))
   val = list(data.make_dataset(config, "val"))
   assert sorted(e["label"] for e in val) == [0, 1, 2] and val[0]["image"].shape == (SIZE, SIZE, 3)
+  assert sorted(e["caption"] for e in val) == sorted(examples()["validation"])     # a Text feature as the caption
   assert len(list(data.make_dataset(config, "train"))) == len(examples()["train"]) - 2
 
 
@@ -170,7 +171,8 @@ def test_errors_are_clear(data_dir, tmp_path):
   with pytest.raises(ValueError, match="no ClassLabel feature 'label'"):
     TfdsSource("ldm_test_unlabelled", "train", data_dir=data_dir)
   with pytest.raises(ValueError, match="needs a TFDS data set name"):
-    data.make_dataset(ConfigDict(dict(name="tfds", image_size=SIZE, train_path="train")), "train")
+    data.make_dataset(ConfigDict(dict(name="tfds", image_size=SIZE, train_path="train", tfds_caption_key=None)),
+                      "train")
   LdmTestUnlabelled(data_dir=tmp_path, file_format="tfrecord").download_and_prepare()
   with pytest.raises(ValueError, match=r"stored as \['tfrecord'\], not ArrayRecord.*file_format='array_record'"):
     TfdsSource("ldm_test_unlabelled", "train", data_dir=tmp_path, label_key=None)

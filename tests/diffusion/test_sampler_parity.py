@@ -163,6 +163,43 @@ def test_ddim_matches_diffusers(case):
   check("ddim", ours, ref)
 
 
+# ---------------------------------------------------------------- zero terminal SNR
+
+def test_zero_terminal_snr_schedule_matches_diffusers():
+  """Not bit for bit: torch's float32 sqrt (SLEEF, 0.5001 ulp) rounds ~18% of these values the other way."""
+  ours = np.asarray(NoiseSchedule.create("scaled_linear", 1000, 0.00085, 0.012,
+                                         rescale_zero_terminal_snr=True).alphas_cumprod)
+  reference = diffusers.DDIMScheduler(**SCHEDULES["scaled_linear"], rescale_betas_zero_snr=True).alphas_cumprod.numpy()
+  assert relative_error(ours, reference) <= 1e-6 and np.allclose(ours, reference, rtol=1e-5, atol=1e-9)
+  assert ours[-1] == reference[-1] == 0.0 and ours[0] == reference[0]
+
+
+@pytest.mark.parametrize("scheduler_class, sampler, spacing", [
+    ("DDIMScheduler", "ddim", "trailing"), ("DDPMScheduler", "ddpm", "trailing"),
+    ("DPMSolverMultistepScheduler", "dpm_solver_pp", "trailing")])
+def test_zero_terminal_snr_samplers_match_diffusers(scheduler_class, sampler, spacing, monkeypatch):
+  """v-prediction from alpha_bar_T = 0 (pure noise): the schedule zero-terminal-SNR fine-tunes sample with."""
+  config = {"_class_name": scheduler_class, **SCHEDULES["scaled_linear"], "prediction_type": "v_prediction",
+            "timestep_spacing": spacing, "rescale_betas_zero_snr": True, "clip_sample": False}
+  schedule, name, options = from_diffusers_scheduler(config)
+  assert name == sampler and schedule_config_from_diffusers(config)["rescale_zero_terminal_snr"]
+  reference = getattr(diffusers, scheduler_class).from_config(config)
+  x_T, rng = inputs(60)
+  noises = step_noises(rng, 8)
+  current = {}
+  monkeypatch.setattr(scheduling_ddpm, "randn_tensor", lambda *args, **kwargs: current["z"])
+  step_kwargs = {"DDIMScheduler": lambda i: dict(eta=0.0),
+                 "DDPMScheduler": lambda i: current.update(z=torch.from_numpy(noises[i])) or {},
+                 "DPMSolverMultistepScheduler": None}[scheduler_class]
+  ref = run_diffusers(reference, x_T, 8, guided=True, step_kwargs=step_kwargs)
+  ours = np.asarray(jax.jit(lambda x: SAMPLERS[sampler](jax_model, schedule, x, rng, num_steps=8,
+                                                        cond={"y": jnp.asarray(COND)},
+                                                        uncond={"y": jnp.asarray(UNCOND)},
+                                                        guidance_scale=GUIDANCE, **options))(jnp.asarray(x_T)))
+  check(sampler, ours, ref)
+  assert to_diffusers_scheduler(schedule_config_from_diffusers(config), name, options)["rescale_betas_zero_snr"]
+
+
 # ---------------------------------------------------------------- PLMS
 
 @pytest.mark.parametrize("num_steps, spacing, steps_offset, prediction_type, set_alpha_to_one, guided", [
@@ -308,7 +345,6 @@ def test_real_configs_round_trip_and_sample_like_diffusers(name):
      r"'PNDMScheduler'\]"),
     ({"trained_betas": [0.1, 0.2]}, r"trained_betas=\[0.1, 0.2\] is not supported"),
     ({"thresholding": True}, "thresholding=True is not supported"),
-    ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr=True"),
     ({"beta_schedule": "sigmoid"}, "beta_schedule='sigmoid' is not supported; supported:"),
     ({"timestep_spacing": "karras"}, "timestep_spacing='karras' is not supported"),
     ({"prediction_type": "flow_prediction"}, "prediction_type='flow_prediction'"),

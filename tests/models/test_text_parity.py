@@ -50,7 +50,7 @@ def clip(request, tmp_path_factory):
   folder = tmp_path_factory.mktemp("clip")
   ref.save_pretrained(folder)
   module, params = text_weights.load_hf_text_encoder(folder)
-  forward = jax.jit(lambda p, ids, mask, skip: module.apply({"params": p}, ids, mask, clip_skip=skip),
+  forward = jax.jit(lambda p, ids, mask, skip: module.apply({"params": p}, ids, mask, skip_last_layers=skip),
                     static_argnums=3)
   return ref, module, params, forward
 
@@ -92,8 +92,8 @@ def test_clip_annotations_and_config_round_trip(clip, assert_fully_annotated):
   _, module, params, _ = clip
   assert_fully_annotated({"params": text_weights.abstract_params(module)})
   assert text_weights.from_hf_config(text_weights.to_hf_config(module)) == module
-  with pytest.raises(ValueError, match="clip_skip=2"):
-    module.apply({"params": params}, jnp.zeros((1, 3), jnp.int32), clip_skip=2)
+  with pytest.raises(ValueError, match="skip_last_layers=2"):
+    module.apply({"params": params}, jnp.zeros((1, 3), jnp.int32), skip_last_layers=2)
 
 
 def test_clip_bfloat16_compute(clip):
@@ -125,11 +125,16 @@ def test_bert_random_ids_with_padding_mask(bert, assert_fully_annotated):
   token_types = rng.integers(0, 2, size=(3, 10)).astype(np.int32)
   mask = (np.arange(10)[None] < np.array([[10], [6], [2]])).astype(np.int32)
   with torch.no_grad():
-    expected = ref(torch_ids(ids), attention_mask=torch.tensor(mask), token_type_ids=torch_ids(token_types))
-  out = jax.jit(module.apply)({"params": params}, ids, mask, token_types)
+    expected = ref(torch_ids(ids), attention_mask=torch.tensor(mask), token_type_ids=torch_ids(token_types),
+                   output_hidden_states=True)
+  forward = jax.jit(module.apply, static_argnames="skip_last_layers")
+  out = forward({"params": params}, ids, mask, token_types)
   # Every position, padding included: padded queries still attend to the real tokens in both implementations.
   assert rel_err(out.hidden_states, expected.last_hidden_state) <= TOL
   assert rel_err(out.pooled, expected.pooler_output) <= TOL
+  # The penultimate layer's output (the text conditioner's layer='penultimate').
+  penultimate = forward({"params": params}, ids, mask, token_types, skip_last_layers=1).hidden_states
+  assert rel_err(penultimate, expected.hidden_states[-2]) <= TOL
   assert_fully_annotated({"params": text_weights.abstract_params(module)})
   assert text_weights.from_hf_config(text_weights.to_hf_config(module)) == module
 

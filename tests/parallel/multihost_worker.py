@@ -29,11 +29,13 @@ def main(coordinator: str, num_processes: int, process_id: int, out: str):
   assert mesh.devices.shape == (2, 2, 1)
   if num_processes > 1:
     assert [{d.process_index for d in row.flat} for row in mesh.devices] == [{0}, {1}]
-  model, tx, state, shardings = ldm.init_state(config, mesh, jax.random.key(0))
-  step = loop.compile_step(ldm.make_train_step(config, model, ldm.build_schedule(config), tx, 0.7),
-                           jax.random.key(1), shardings, mesh, config.mesh)
+  model = ldm.describe(config, None, mesh)
+  tx, state, shardings = ldm.init_state(config, model, mesh, jax.random.key(0))
+  frozen, frozen_shardings = ldm.frozen_params(model, mesh, config.mesh)
+  step = loop.compile_step(ldm.make_train_step(model, tx, 0.7, config.ldm.loop.ema_decay),
+                           jax.random.key(1), shardings, mesh, config.mesh, (frozen_shardings,))
   batch_sharding = parallel.batch_sharding(mesh, config.mesh)
-  h, w, c = ldm.latent_shape(config)
+  h, w, c = ldm.describe(config, None, mesh).latent_shape
   rng = np.random.default_rng(0)
   share = 16 // jax.process_count()
   losses = []
@@ -42,7 +44,7 @@ def main(coordinator: str, num_processes: int, process_id: int, out: str):
              "latent_logvar": np.full((16, h, w, c), -3.0, np.float32),
              "label": rng.integers(0, 10, 16).astype(np.int32)}
     local = {k: v[jax.process_index() * share:(jax.process_index() + 1) * share] for k, v in batch.items()}
-    state, metrics = step(state, parallel.global_batch(local, batch_sharding))
+    state, metrics = step(state, parallel.global_batch(local, batch_sharding), frozen)
     losses.append(float(metrics["loss"]))
   gather = jax.jit(lambda p: p, out_shardings=parallel.replicated(mesh))
   params = jax.tree.map(np.asarray, gather(state.params))

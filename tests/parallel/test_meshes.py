@@ -28,6 +28,13 @@ def test_loss_trajectory_matches_one_device(trajectories, mesh):
     assert abs(ours - ref) / abs(ref) <= 1e-5, (mesh, losses, reference)
 
 
+def test_text_conditioned_step_on_a_2x2x2_mesh_matches_one_device(trajectories):
+  reference, losses = trajectories["text (1, 1, 1)"]["losses"], trajectories["text (2, 2, 2)"]["losses"]
+  assert len(losses) == 5 and reference[0] > 0
+  for ours, ref in zip(losses, reference):
+    assert abs(ours - ref) / abs(ref) <= 1e-5, (losses, reference)
+
+
 def test_fsdp_splits_parameter_and_optimizer_bytes(trajectories):
   one = trajectories["(1, 1, 1)"]
   assert one["device0_bytes"] == one["total_bytes"]

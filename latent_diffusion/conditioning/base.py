@@ -1,0 +1,80 @@
+"""What a conditioner is: the one place that knows how one kind of condition reaches the UNet.
+
+A condition travels in two forms:
+  model inputs   numpy/jax arrays with a leading batch axis, made on the host from training
+                 examples (`prepare`) or from a sampling request (`request_inputs`), e.g.
+                 {'label': int32 [B]}, {'tokens': int32 [B, L]}, {'concat': float32 [B, h, w, k]};
+  UNet kwargs    what `UNet.__call__` takes, computed on device from the inputs and the
+                 conditioner's parameters (`unet_kwargs`), e.g. {'y': [B]}, {'context': [B, L, D]}.
+The null condition of classifier-free guidance is `null_unet_kwargs` (training-time dropout) and
+`null_request_inputs` (the unconditional / negative side at sampling).
+"""
+
+import abc
+from typing import Any
+
+import numpy as np
+
+Params = Any
+
+
+class Conditioner(abc.ABC):
+  """One kind of condition (class label, text, image-shaped concat); see the module docstring."""
+
+  #: Registry name (config.ldm.conditioning.kinds), also the key of its parameters.
+  name: str = ""
+
+  def unet_fields(self) -> dict:
+    """UNet constructor fields this condition determines, e.g. {'num_classes': 11}, {'context_dim': 384}."""
+    return {}
+
+  @abc.abstractmethod
+  def input_fields(self) -> tuple[str, ...]:
+    """Names of the model inputs (fields of a prepared training example)."""
+
+  @abc.abstractmethod
+  def prepare(self, example: dict) -> dict | None:
+    """Host side, per training example: {input field: array} (no batch axis); None drops the example."""
+
+  @abc.abstractmethod
+  def request_inputs(self, request: dict, num: int) -> dict:
+    """Host side: model inputs [num, ...] of a sampling request (labels, prompts, arrays)."""
+
+  @abc.abstractmethod
+  def null_request_inputs(self, request: dict, num: int) -> dict:
+    """Host side: the model inputs of the unconditional (negative) side of classifier-free guidance."""
+
+  @abc.abstractmethod
+  def example_inputs(self, batch_size: int, latent_shape: tuple[int, int, int]) -> dict:
+    """Model inputs of the right shapes and dtypes (zeros), for initialisation and abstract shapes."""
+
+  def init_params(self, rng) -> Params:
+    """Boxed (logically annotated) parameters trained with the UNet; {} if none."""
+    del rng
+    return {}
+
+  def frozen_params(self) -> Params:
+    """Parameters used but not trained (a frozen pretrained encoder, a precomputed null context); {} if none."""
+    return {}
+
+  def abstract_params(self) -> Params:
+    """Boxed shapes of init_params and frozen_params together (nothing computed)."""
+    import jax
+
+    return jax.eval_shape(lambda: {**self.init_params(jax.random.key(0)), **self.frozen_params()})
+
+  @abc.abstractmethod
+  def unet_kwargs(self, params: Params, inputs: dict) -> dict:
+    """Device side: UNet keyword arguments [B, ...] from model inputs [B, ...]."""
+
+  @abc.abstractmethod
+  def null_unet_kwargs(self, params: Params, inputs: dict) -> dict:
+    """Device side: the null condition for the batch of `inputs` (what dropped examples train on)."""
+
+
+def check_batch(name: str, value: np.ndarray, num: int, what: str) -> np.ndarray:
+  """`value` if its leading axis is `num`, else ValueError naming the request field."""
+  value = np.asarray(value)
+  if value.ndim == 0 or value.shape[0] != num:
+    raise ValueError(f"Sampling request field {name!r} ({what}) has shape {value.shape}; expected {num} rows.")
+  return value
