@@ -1,5 +1,5 @@
 """Run as a subprocess with 8 emulated CPU devices: a checkpoint written on one mesh resumes on a
-smaller one, against an uninterrupted run on the smaller mesh. Prints one JSON line:
+smaller or larger one, against an uninterrupted run on the new mesh. Prints one JSON line:
 {case: {"resumed": [losses of steps 5..8], "uninterrupted": [...], "restored_spec": str, "devices": int}}.
 """
 
@@ -15,8 +15,9 @@ import jax  # noqa: E402
 from latent_diffusion.training import loop  # noqa: E402
 from tests.robustness import toy_stage  # noqa: E402
 
-# case -> (mesh written on 8 devices, mesh resumed on the first 4 devices)
-CASES = {"fsdp 4 -> 2": ((2, 4, 1), (2, 2, 1)), "data 8 -> 4": ((8, 1, 1), (4, 1, 1))}
+# case -> ((mesh, devices) written on, (mesh, devices) resumed on)
+CASES = {"fsdp 4 -> 2": (((2, 4, 1), 8), ((2, 2, 1), 4)), "data 8 -> 4": (((8, 1, 1), 8), ((4, 1, 1), 4)),
+         "fsdp 2 -> 4": (((2, 2, 1), 4), ((2, 4, 1), 8))}
 HALF, STEPS = 4, 8
 
 
@@ -29,11 +30,11 @@ def run(workdir: str, mesh_shape, devices, train_steps: int):
 
 def main():
   results = {}
-  for case, (before, after) in CASES.items():
+  for case, ((before, before_devices), (after, after_devices)) in CASES.items():
     with tempfile.TemporaryDirectory() as resumed_dir, tempfile.TemporaryDirectory() as reference_dir:
-      run(resumed_dir, before, jax.devices(), HALF)
-      state, resumed = run(resumed_dir, after, jax.devices()[:4], STEPS)
-      _, uninterrupted = run(reference_dir, after, jax.devices()[:4], STEPS)
+      run(resumed_dir, before, jax.devices()[:before_devices], HALF)
+      state, resumed = run(resumed_dir, after, jax.devices()[:after_devices], STEPS)
+      _, uninterrupted = run(reference_dir, after, jax.devices()[:after_devices], STEPS)
     kernel = state.params["hidden"]["kernel"]
     results[case] = {"resumed": resumed, "uninterrupted": uninterrupted[HALF:],
                      "restored_spec": str(kernel.sharding.spec), "devices": len(kernel.sharding.device_set)}

@@ -57,6 +57,14 @@ def _files_under(root: pathlib.Path) -> set[pathlib.Path]:
   return {p for p in root.rglob("*") if p.is_file()}
 
 
+def _case_file(root: pathlib.Path, folder: str, name: str, data: bytes) -> pathlib.Path:
+  """root/folder/name holding `data` (the folder is reused by every case of a suite)."""
+  (root / folder).mkdir(exist_ok=True)
+  path = root / folder / name
+  path.write_bytes(data)
+  return path
+
+
 # Edits of a byte string, positions as fractions of its length: cut it, overwrite bytes, or both.
 _FRACTION = st.floats(0.0, 1.0, exclude_max=True)
 MUTATIONS = st.one_of(
@@ -209,9 +217,7 @@ def test_damaged_tar_shards_are_skipped_and_counted_exactly(fuzz_root, clean_tar
   @fuzz("tar")
   @given(mutation=MUTATIONS)
   def case(mutation):
-    case_dir = fuzz_root / "tar_case"
-    case_dir.mkdir(exist_ok=True)
-    (case_dir / "shard.tar").write_bytes(mutate(data, mutation))
+    case_dir = _case_file(fuzz_root, "tar_case", "shard.tar", mutate(data, mutation)).parent
     outside = _files_under(fuzz_root) - _files_under(case_dir)
     with no_hang():
       out, skips, indexed = _pipeline(case_dir / "shard.tar", cache=case_dir / "cache")
@@ -313,9 +319,7 @@ def test_damaged_latent_shards_raise_a_named_error_or_skip_and_count(fuzz_root, 
   @fuzz("latent_shards")
   @given(mutation=MUTATIONS)
   def case(mutation):
-    case_dir = fuzz_root / "shard_case"
-    case_dir.mkdir(exist_ok=True)
-    (case_dir / f"s{latent_shards.SUFFIX}").write_bytes(mutate(clean_shard, mutation))
+    case_dir = _case_file(fuzz_root, "shard_case", f"s{latent_shards.SUFFIX}", mutate(clean_shard, mutation)).parent
     skips = images.SkipCounter("fuzz")
     with no_hang():
       try:
@@ -378,7 +382,8 @@ def test_config_overrides_apply_or_raise_config_error():
 
   @fuzz("config_overrides")
   @given(key=st.one_of(st.sampled_from(["data.batch_size", "ldm.model.channel_mult", "mesh.shape", "seed", "stages",
-                                        "sample.guidance_scale", "ldm.model.num_classes", "autoencoder.loss.kl_weight",
+                                        "sample.guidance_scale", "data.num_classes", "autoencoder.loss.kl_weight",
+                                        "ldm.conditioning.kinds", "ldm.conditioning.text.max_length",
                                         "data.batch_size.x", "ldm..model", "nope", ""]), st.text(max_size=20)),
          value=st.one_of(st.text(max_size=30), st.sampled_from(["(1, 2)", "[", "1e309", "None", "True", "-1", "'x'",
                                                                 "__import__('os')", "(" * 60 + ")" * 60])))

@@ -1,4 +1,4 @@
-"""A checkpoint written on one mesh resumes on another (a pod slice comes back smaller): the state
+"""A checkpoint written on one mesh resumes on another (a pod slice comes back smaller or larger): the state
 is resharded by the logical rules and, with the same global batch, the loss trajectory equals an
 uninterrupted run on the new mesh."""
 
@@ -21,11 +21,11 @@ def results():
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case, spec", [("fsdp 4 -> 2", "P(None, 'fsdp')"),
-                                        ("data 8 -> 4", "P(None, 'fsdp')")])
-def test_resumed_on_a_smaller_mesh_the_losses_equal_an_uninterrupted_run_there(results, case, spec):
+@pytest.mark.parametrize("case, devices", [("fsdp 4 -> 2", 4), ("data 8 -> 4", 4), ("fsdp 2 -> 4", 8)])
+def test_resumed_on_another_mesh_the_losses_equal_an_uninterrupted_run_there(results, case, devices):
   result = results[case]
-  assert result["devices"] == 4 and result["restored_spec"] == spec   # resharded onto the 4-device mesh
+  # resharded onto the new mesh by the logical rules (the hidden kernel's 'mlp' axis over 'fsdp')
+  assert result["devices"] == devices and result["restored_spec"] == "P(None, 'fsdp')"
   assert len(result["resumed"]) == len(result["uninterrupted"]) == 4
   for ours, ref in zip(result["resumed"], result["uninterrupted"]):
     assert abs(ours - ref) / abs(ref) <= 1e-5, result
