@@ -2,7 +2,7 @@
 SIGKILL of a random process at a random point, several times, then a run to completion. Every
 record must come out exactly once, bitwise equal to an uninterrupted 2-process run.
 
-The CI version kills twice; the long version (5 kills, the issue's acceptance run) is marked `long`
+The CI version kills once; the long version (5 kills, the issue's acceptance run) is marked `long`
 and runs with:  python -m pytest -m long tests/robustness/test_encode_chaos.py
 """
 
@@ -141,8 +141,8 @@ def _chaos(inputs, uninterrupted, output, env, kills: int, seed: int) -> list[di
   return faults
 
 
-def test_encode_survives_two_random_kills(inputs, uninterrupted, tmp_path, cached_compiles_env):
-  faults = _chaos(inputs, uninterrupted, tmp_path, cached_compiles_env, kills=2, seed=0)
+def test_encode_survives_a_random_kill(inputs, uninterrupted, tmp_path, cached_compiles_env):
+  faults = _chaos(inputs, uninterrupted, tmp_path, cached_compiles_env, kills=1, seed=0)
   print("faults injected:", faults)
 
 
