@@ -27,5 +27,6 @@ def test_resumed_on_another_mesh_the_losses_equal_an_uninterrupted_run_there(res
   # resharded onto the new mesh by the logical rules (the hidden kernel's 'mlp' axis over 'fsdp')
   assert result["devices"] == devices and result["restored_spec"] == "P(None, 'fsdp')"
   assert len(result["resumed"]) == len(result["uninterrupted"]) == 4
-  for ours, ref in zip(result["resumed"], result["uninterrupted"]):
-    assert abs(ours - ref) / abs(ref) <= 1e-5, result
+  differences = [abs(ours - ref) / abs(ref) for ours, ref in zip(result["resumed"], result["uninterrupted"])]
+  print(f"{case}: max relative loss difference {max(differences):.1e}")
+  assert max(differences) <= 1e-5, result

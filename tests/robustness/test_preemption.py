@@ -75,6 +75,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_loses_nothi
   root, stopped, saved = preempted
   assert stopped[0] == stopped[1] and 20 < stopped[0] < STEPS, stopped
   assert saved[-1] == stopped[0]   # saved exactly where both stopped: 0 steps lost
+  print(f"SIGTERM to process 1: both processes stopped at step {stopped[0]}, checkpoints {saved}, 0 steps lost")
   history = _record(root / "run")["history"]
   assert [h["step"] for h in history] == list(range(stopped[0] + 1, STEPS + 1))   # resumed where it stopped
   reference = _record(root / "reference")["history"]
