@@ -45,13 +45,19 @@ def generate_per_class(config, workdir: pathlib.Path, mesh, samples_per_class: i
 
 
 def evaluate(config, workdir: pathlib.Path, mesh) -> dict:
-  """The evaluation of config.data's task (EVALUATIONS); writes workdir/samples.png."""
-  from latent_diffusion import evaluate_pairs
+  """The evaluation config.evaluate.task names (default: config.data.name's); writes workdir/samples*.png."""
+  from latent_diffusion import (evaluate_inpainting, evaluate_layout, evaluate_pairs, evaluate_semantic,
+                                evaluate_super_resolution)
 
-  evaluations = {"digits": evaluate_classes, "digit_pairs": evaluate_pairs.evaluate_pairs}
-  if config.data.name not in evaluations:
-    raise ValueError(f"No evaluation for data set {config.data.name!r}; evaluations exist for {sorted(evaluations)}.")
-  return evaluations[config.data.name](config, workdir, mesh)
+  evaluations = {"digits": evaluate_classes, "digit_pairs": evaluate_pairs.evaluate_pairs,
+                 "inpainting": evaluate_inpainting.evaluate_inpainting, "semantic": evaluate_semantic.evaluate_semantic,
+                 "layout": evaluate_layout.evaluate_layout,
+                 "super_resolution": evaluate_super_resolution.evaluate_super_resolution}
+  task = config.evaluate.task or config.data.name
+  if task not in evaluations:
+    raise ValueError(f"No evaluation {task!r} (config.evaluate.task, else config.data.name); evaluations exist for "
+                     f"{sorted(evaluations)}.")
+  return evaluations[task](config, workdir, mesh)
 
 
 def evaluate_classes(config, workdir: pathlib.Path, mesh) -> dict:
