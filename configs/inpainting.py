@@ -3,16 +3,17 @@ the UNet reads x_t + the mask + the masked image's latent; masks are random stro
 
   python -m latent_diffusion.train --config=configs/inpainting.py --workdir=runs/inpainting
 
-Evaluation (latent_diffusion.evaluate_inpainting): half of one object of each held-out image is masked; the filled
-image is judged for that object's shape and colour, and the known region's error is set against the autoencoder's
-own reconstruction error there.
+Evaluator 'inpainting' (latent_diffusion.evaluation.inpainting): half of one object of each held-out image is
+masked; the filled image is judged for that object's shape and colour, and the known region's error is set against
+the autoencoder's own reconstruction error there.
 """
 
 from configs import tasks_base
+from configs.base import evaluator
 
 
 def get_config():
   config = tasks_base.get_config()
   config.ldm.conditioning.kinds = ("inpaint",)
-  config.evaluate.task = "inpainting"
+  config.evaluate.evals = dict(inpainting=evaluator("inpainting"))
   return config

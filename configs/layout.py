@@ -3,11 +3,12 @@ x0, y0, x1, y1), encoded by a small transformer trained with the UNet, through c
 
   python -m latent_diffusion.train --config=configs/layout.py --workdir=runs/layout
 
-Evaluation (latent_diffusion.evaluate_layout): for every box of held-out layouts, is the requested shape in the
-requested colour there (colour and shape classifiers fit on real images)?
+Evaluator 'layout' (latent_diffusion.evaluation.layout): for every box of held-out layouts, is the requested shape
+in the requested colour there (colour and shape classifiers fit on real images)?
 """
 
 from configs import tasks_base
+from configs.base import evaluator
 
 
 def get_config():
@@ -22,5 +23,5 @@ def get_config():
   layout.heads = 4
   config.ldm.model.attention_resolutions = (1, 2)
   config.sample.guidance_scale = 2.0
-  config.evaluate.task = "layout"
+  config.evaluate.evals = dict(layout=evaluator("layout"))
   return config

@@ -3,16 +3,17 @@
 
   python -m latent_diffusion.train --config=configs/semantic.py --workdir=runs/semantic
 
-Evaluation (latent_diffusion.evaluate_semantic): a per-pixel colour classifier (fit on real images) reads a map
-back from each generated image; mean IoU against the input map, at the training size and at 2x.
+Evaluator 'semantic' (latent_diffusion.evaluation.semantic): a per-pixel colour classifier (fit on real images)
+reads a map back from each generated image; mean IoU against the input map, at the training size and at 2x.
 """
 
 from configs import tasks_base
+from configs.base import evaluator
 
 
 def get_config():
   config = tasks_base.get_config()
   config.ldm.conditioning.kinds = ("segmentation",)
   config.ldm.conditioning.segmentation.num_classes = 5
-  config.evaluate.task = "semantic"
+  config.evaluate.evals = dict(semantic=evaluator("semantic"))
   return config

@@ -4,11 +4,13 @@ seen in training (a cat, flowers).
 
   python -m latent_diffusion.train --config=configs/super_resolution.py --workdir=runs/super_resolution
 
-Evaluation (latent_diffusion.evaluate_super_resolution): PSNR / SSIM of the super-resolved held-out crops against
-the originals, beside bicubic upsampling and the autoencoder's own reconstruction, at 32 x 32 and 64 x 64.
+Evaluator 'super_resolution' (latent_diffusion.evaluation.super_resolution): PSNR / SSIM of the super-resolved
+held-out crops against the originals, beside bicubic upsampling and the autoencoder's own reconstruction, at 32 x 32
+and 64 x 64.
 """
 
 from configs import tasks_base
+from configs.base import evaluator
 
 
 def get_config():
@@ -17,5 +19,5 @@ def get_config():
   config.data.photo_crops.examples = 10_000
   config.ldm.conditioning.kinds = ("low_res",)
   config.ldm.conditioning.low_res.noise_std = 0.02
-  config.evaluate.task = "super_resolution"
+  config.evaluate.evals = dict(super_resolution=evaluator("super_resolution"))
   return config

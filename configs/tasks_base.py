@@ -45,5 +45,7 @@ def get_config():
   config.sample.num_steps = 50
   config.sample.guidance_scale = 1.0
   config.sample.batch_size = 100
-  config.evaluate.task_samples = 200
+  # Each task config names its judge (config.evaluate.evals); none runs during training.
+  config.evaluate.tasks.samples = 200
+  config.evaluate.during_training = ()
   return config

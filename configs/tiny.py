@@ -30,4 +30,6 @@ def get_config():
   config.sample.batch_size = 20
   config.evaluate.samples_per_class = 2
   config.evaluate.grid_columns = 2
+  config.evaluate.training_samples_per_class = 2
+  config.evaluate.digits_cnn.train_steps = 50
   return config

@@ -47,18 +47,28 @@ class Generator:
   """Samples images from a LatentDiffusion bundle; compiled functions are cached per shape and settings.
 
   The parameters go to the devices once, here: sharded over `mesh` by their logical axes (with `mesh_config`),
-  or committed to the default device; calls never transfer them again.
+  or, without a mesh, host arrays are committed to the default device (arrays already on devices, e.g.
+  replicated over a multi-process mesh, stay where they are); calls never transfer them again.
   """
 
   def __init__(self, model: LatentDiffusion, mesh=None, mesh_config=None):
     if mesh is not None:
       model = model.placed(mesh, mesh_config)
     else:
-      model = dataclasses.replace(model, params=jax.device_put(model.params))
+      place = lambda x: x if isinstance(x, jax.Array) else jax.device_put(x)
+      model = dataclasses.replace(model, params=jax.tree.map(place, model.params))
     self.model = model
     self._compiled = {}
 
-  def _build(self, sampler: str, options: tuple):
+  def sample_fn(self, num_steps: int, sampler: str | None = None, eta: float | None = None,
+                spacing: str | None = None):
+    """The uncompiled generate(params, cond_inputs, uncond_inputs, x_T, rng, guidance_scale) -> images of these
+    sampler settings (for callers that compile it themselves, e.g. with output shardings)."""
+    name = sampler or self.model.sampler
+    options = sampler_options(name, self.model.sampler_options, num_steps=num_steps, eta=eta, spacing=spacing)
+    return self._generate_fn(name, tuple(sorted(options.items())))
+
+  def _generate_fn(self, sampler: str, options: tuple):
     m = self.model
     sample = SAMPLERS[sampler]
 
@@ -76,7 +86,7 @@ class Generator:
                                    method=type(m.autoencoder).decode)
       return jnp.clip(images / 2.0 + 0.5, 0.0, 1.0)
 
-    return jax.jit(generate)
+    return generate
 
   def _compile(self, sampler: str, options: dict, args) -> tuple:
     frozen = tuple(sorted(options.items()))
@@ -84,7 +94,7 @@ class Generator:
     if key in self._compiled:
       return self._compiled[key], 0.0
     start = time.perf_counter()
-    self._compiled[key] = self._build(sampler, frozen).lower(*args).compile()
+    self._compiled[key] = jax.jit(self._generate_fn(sampler, frozen)).lower(*args).compile()
     return self._compiled[key], time.perf_counter() - start
 
   def latent_shape(self, height: int | None, width: int | None) -> tuple[int, int, int]:

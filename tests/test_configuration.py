@@ -15,7 +15,7 @@ def test_overrides_are_typed_and_applied_in_order():
   config, rest = parse_config_args([
       f"--config={QUICKSTART}", "--config.ldm.optim.lr=0.002", "--config.ldm.loop.train_steps", "12",
       "--config.autoencoder.model.ch_mult=(1, 2, 4)", "--config.ldm.scale_by_std=false",
-      "--config.sample.sampler=ddpm", "--config.ldm.model.context_dim=128", "--workdir=/tmp/w",
+      "--config.sample.sampler=ddpm", "--config.data.image_width=128", "--workdir=/tmp/w",
       "--config.ldm.optim.lr=3"])
   assert rest == ["--workdir=/tmp/w"]
   assert config.ldm.optim.lr == 3.0 and isinstance(config.ldm.optim.lr, float)  # int literal -> float field
@@ -23,7 +23,7 @@ def test_overrides_are_typed_and_applied_in_order():
   assert config.autoencoder.model.ch_mult == (1, 2, 4)
   assert config.ldm.scale_by_std is False
   assert config.sample.sampler == "ddpm"
-  assert config.ldm.model.context_dim == 128  # placeholder(int) takes an int
+  assert config.data.image_width == 128  # placeholder(int) takes an int
 
 
 def test_unknown_key_is_named_with_a_suggestion():
@@ -37,7 +37,7 @@ def test_unknown_key_is_named_with_a_suggestion():
     ("--config.ldm.loop.train_steps=1.5", r"ldm.loop.train_steps=1.5: expected int.*got float"),
     ("--config.ldm.loop.train_steps=abc", r"ldm.loop.train_steps=abc: expected int"),
     ("--config.ldm.scale_by_std=maybe", r"ldm.scale_by_std=maybe: expected a bool"),
-    ("--config.ldm.model.context_dim=wide", r"ldm.model.context_dim=wide: expected int"),
+    ("--config.data.image_width=wide", r"data.image_width=wide: expected int"),
     ("--config.autoencoder.model.ch_mult=3", r"ch_mult=3: expected tuple"),
     ("--config.ldm.optim.lr.x=1", r"config.ldm.optim.lr is a float, not a group"),
 ])

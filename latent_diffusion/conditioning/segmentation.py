@@ -42,7 +42,8 @@ class SegmentationConditioner(ConcatConditioner):
   def prepare(self, example: dict) -> dict:
     if "segmentation" not in example:
       raise ValueError(f"Training example {example.get('key', '')!r} has no 'segmentation' map.")
-    return {"segmentation": self.class_fractions(example["segmentation"], f"training example {example.get('key', '')!r}")}
+    where = f"training example {example.get('key', '')!r}"
+    return {"segmentation": self.class_fractions(example["segmentation"], where)}
 
   def request_inputs(self, request: dict, num: int) -> dict:
     if "segmentation" not in request:

@@ -254,18 +254,38 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
   model = with_scale_factor(model, scale_factor)
   tx, state, shardings = init_state(config, model, mesh, jax.random.fold_in(rng, 2))
   frozen, frozen_shardings = frozen_params(model, mesh, config.mesh)
+  from latent_diffusion.evaluation import periodic  # pylint: disable=import-outside-toplevel  (it imports this module)
+  sampling_model = functools.cache(lambda: _sampling_model(config, workdir, mesh))    # built at the first evaluation
+  eval_fn, eval_history = periodic.training_eval_fn(
+      config, workdir, mesh, lambda state: _evaluated_model(sampling_model(), scale_factor, state))
   stage = loop.Stage(
       name="ldm", loop_config=config.ldm.loop, workdir=workdir / "ldm", state=state, state_shardings=shardings,
       step_fn=make_train_step(model, tx, scale_factor, config.ldm.loop.ema_decay, config.ldm.optim.microbatches),
       dataset=latents.map(PrepareExample(model.conditioning)).filter(lambda ex: ex is not None),
       batch_size=config.data.batch_size,
       rng=jax.random.fold_in(rng, 3), seed=config.seed + 1,
-      meta={"scale_factor": scale_factor, "config": config.to_json_best_effort()}, mesh=mesh, mesh_config=config.mesh,
-      step_args=(frozen,), step_args_shardings=(frozen_shardings,))
+      meta={"scale_factor": scale_factor, "config": config.to_json_best_effort()}, eval_fn=eval_fn, mesh=mesh,
+      mesh_config=config.mesh, step_args=(frozen,), step_args_shardings=(frozen_shardings,))
   state, meta, history = loop.train_stage(stage)
   skipped = model.conditioning["text"].skips.counts() if "text" in model.conditioning else {}
+  evals = {"evals_during_training": eval_history} if eval_history else {}
   return {"scale_factor": meta["scale_factor"], "train_steps": int(state.step),
-          **({"skipped": skipped} if skipped else {}), **loop.loss_summary(history)}
+          **({"skipped": skipped} if skipped else {}), **loop.loss_summary(history), **evals}
+
+
+def _sampling_model(config, workdir: pathlib.Path, mesh) -> LatentDiffusion:
+  """Stage 2's model as sampling sees it (prompts, not stored contexts), with the first stage's weights."""
+  model = describe(config, workdir, mesh, text_source="caption")
+  frozen, _ = frozen_params(model, mesh, config.mesh)
+  return dataclasses.replace(model, params={**model.params, "conditioner": frozen})
+
+
+def _evaluated_model(model: LatentDiffusion, scale_factor: float, state) -> LatentDiffusion:
+  """`model` with a training state's EMA weights (for evaluation during training)."""
+  conditioner = conditioning_lib.merge_params(state.ema_params.get("conditioner", {}), model.params["conditioner"])
+  return with_scale_factor(dataclasses.replace(model, params={
+      "unet": state.ema_params["unet"], "autoencoder": model.params["autoencoder"], "conditioner": conditioner}),
+      scale_factor)
 
 
 def run_config(workdir: pathlib.Path):

@@ -15,6 +15,7 @@ import torch
 
 from latent_diffusion import conditioning, data, generation
 from latent_diffusion.conditioning.inpaint import first_stage_latent
+from latent_diffusion.training import ldm
 from latent_diffusion.weights import pretrained
 from tests import sd_pipelines
 from tests.conftest import tiny_config
@@ -100,9 +101,9 @@ def test_inpaint_bad_requests_name_both_shapes():
   with pytest.raises(ValueError, match=r"needs \['mask'\]"):
     cond.request_inputs({"image": image}, 1)
   with pytest.raises(ValueError, match="ldm.latents_path"):
-    from latent_diffusion.training import ldm
-    ldm.raw_latents(tiny_config("data.name=shapes", "autoencoder.model.in_channels=3",
-                                "ldm.conditioning.kinds=('inpaint',)", "ldm.latents_path=/nowhere"), random_bundle(config))
+    stored = tiny_config("data.name=shapes", "autoencoder.model.in_channels=3", "ldm.conditioning.kinds=('inpaint',)",
+                         "ldm.latents_path=/nowhere")
+    ldm.raw_latents(stored, random_bundle(config))
 
 
 def test_segmentation_fractions_larger_maps_and_bad_maps():

@@ -1,6 +1,5 @@
-"""What the task evaluations share (evaluate_inpainting, _semantic, _layout, _super_resolution): judges of
-generated coloured-shapes images (latent_diffusion.data.shapes), fit on real images with their exact ground truth,
-the first stage's reconstructions (the ceiling of anything decoded), pixel range conversions.
+"""Judges of generated coloured-shapes images (latent_diffusion.data.shapes) for the task evaluators (inpainting,
+semantic, layout), fit on real images with their exact ground truth.
 
   PixelClassifier  RGB -> segmentation class (background or one of the colours) per pixel: a quadratic
                    discriminant (one Gaussian per class) fit on real training pixels.
@@ -8,19 +7,17 @@ the first stage's reconstructions (the ceiling of anything decoded), pixel range
                    -> circle / square / triangle / incomplete: an RBF SVM fit on the objects of real training
                    images, and on the same objects with one half of their box erased (so that half a shape, e.g.
                    an inpainting hole left unfilled, is not taken for the whole).
-Each evaluation reports the judges' scores on real held-out images beside the generated ones (the ceiling), and
+Each evaluator reports the judges' scores on real held-out images beside the generated ones (the ceiling), and
 a baseline that a model ignoring its condition would reach, so that a collapsed model cannot pass.
 """
 
 import dataclasses
 
-import jax
 import ml_collections
 import numpy as np
 from PIL import Image
 
 from latent_diffusion import data
-from latent_diffusion.conditioning.inpaint import first_stage_latent
 from latent_diffusion.data import shapes
 
 _CROP = 16         # shape-classifier input side
@@ -144,22 +141,3 @@ def colourize(segmentation: np.ndarray) -> np.ndarray:
   """Class maps [N, H, W] -> images [N, H, W, 3] in [0, 1] (grey background, the shapes' colours)."""
   palette = np.array([(128, 128, 128), *shapes.COLOURS.values()], np.float32) / 255.0
   return palette[segmentation]
-
-
-def to_unit(images: np.ndarray) -> np.ndarray:
-  """[-1, 1] -> [0, 1] (data-set pixels to generator pixels)."""
-  return (np.asarray(images) + 1.0) / 2.0
-
-
-def to_data(images: np.ndarray) -> np.ndarray:
-  """[0, 1] -> [-1, 1] (generator pixels to data-set pixels)."""
-  return np.asarray(images) * 2.0 - 1.0
-
-
-def reconstruct(model, images: np.ndarray, batch_size: int = 100) -> np.ndarray:
-  """The first stage's reconstructions [N, H, W, C] in [-1, 1] of images in [-1, 1] (posterior mode), for a
-  bundle.LatentDiffusion `model`."""
-  ae, params = model.autoencoder, model.params["autoencoder"]
-  recon = jax.jit(lambda x: ae.apply({"params": params}, first_stage_latent(ae, params, x), method=type(ae).decode))
-  return np.concatenate([np.clip(np.asarray(recon(images[i:i + batch_size])), -1, 1)
-                         for i in range(0, len(images), batch_size)])
