@@ -417,7 +417,8 @@ def get_config() -> ml_collections.ConfigDict:
           grid_rows_per_set=6,
       ),
       # Evaluators 'inpainting', 'semantic', 'layout' and 'super_resolution' (modules of these names in
-      # latent_diffusion.evaluation): each conditions the model on held-out examples of config.data and judges what it generates.
+      # latent_diffusion.evaluation): each conditions the model on held-out examples of config.data and judges
+      # what it generates.
       tasks=dict(
           # Held-out examples conditioned on (at each size).
           samples=200,
