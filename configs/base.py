@@ -42,6 +42,9 @@ def loop(train_steps: int) -> ml_collections.ConfigDict:
       keep_checkpoints=2,
       # EMA decay of the parameters (the EMA weights are what sampling uses).
       ema_decay=0.999,
+      # A step whose loss or gradient norm is not finite is skipped (state unchanged) and counted; this
+      # many in a row stop the run with NonFiniteError (checked at log and checkpoint steps, no per-step sync).
+      max_consecutive_nonfinite_steps=10,
   ))
 
 
@@ -158,6 +161,26 @@ def get_config() -> ml_collections.ConfigDict:
           # Ordered (left, right) pairs held out of training (of 100), chosen by seed.
           heldout_pairs=20,
           seed=0,
+      ),
+      # name='shapes' (latent_diffusion.data.shapes): coloured circles / squares / triangles with exact
+      # segmentation, boxes and captions (object classes: data.shapes.NUM_OBJECT_CLASSES = 12).
+      shapes=dict(
+          # Training examples (example i of a split is the same image at any image_size).
+          examples=10_000,
+          seed=0,
+          # Objects per image: 1 to max_objects, their boxes disjoint.
+          max_objects=3,
+          # Object size (box side) as a fraction of the image side, drawn uniformly.
+          min_size=0.25,
+          max_size=0.45,
+      ),
+      # name='photo_crops' (latent_diffusion.data.photos): random crops of the photos shipped with scikit-image and
+      # scikit-learn, validation crops from held-out photos.
+      photo_crops=dict(
+          examples=10_000,
+          seed=0,
+          # Each photo is shrunk by a random factor in [1, max_shrink] before cropping (more structure per crop).
+          max_shrink=6.0,
       ),
   ))
 
@@ -326,6 +349,56 @@ def get_config() -> ml_collections.ConfigDict:
               # Null condition: 'keep' (the condition defines the task, e.g. inpainting) | 'zeros'.
               null="keep",
           ),
+          # 'inpaint' (latent_diffusion.conditioning.inpaint): SD-inpainting's UNet input x_t + mask + masked-image
+          # latent (4 + 1 + 4 channels for a 4-channel first stage); masks drawn on device every step.
+          inpaint=dict(
+              masks=dict(
+                  # Probability of a mask covering the whole image / nothing (else boxes and strokes).
+                  full_prob=0.1,
+                  empty_prob=0.05,
+                  # Up to this many boxes with sides in box_size (fractions of the shorter image side).
+                  max_boxes=2,
+                  box_size=(0.15, 0.6),
+                  # Up to this many strokes: polylines of stroke_vertices points, segments of stroke_step length,
+                  # stroke_width wide (fractions of the shorter side).
+                  max_strokes=2,
+                  stroke_vertices=4,
+                  stroke_width=(0.08, 0.2),
+                  stroke_step=(0.1, 0.4),
+              ),
+              # Sampling keeps the known region: latent cells with every pixel known follow the image's latent
+              # (diffusers' 9-channel inpainting pipeline does not; its 4-channel one does).
+              keep_known=True,
+          ),
+          # 'low_res' (latent_diffusion.conditioning.low_res): LDM-SR, the low-resolution image at the latent grid
+          # (the super-resolution factor is the autoencoder's f), made from each image by data.degradations.
+          low_res=dict(
+              # Gaussian blur before bicubic downsampling, sigma in high-resolution pixels (0 = none).
+              blur_sigma=0.0,
+              # Training adds Gaussian noise with a standard deviation drawn from U(0, noise_std) per example
+              # (pixels in [-1, 1]; 0 = none).
+              noise_std=0.0,
+          ),
+          # 'segmentation' (latent_diffusion.conditioning.segmentation): one-hot maps averaged to the latent grid.
+          segmentation=dict(
+              # Classes of the maps (data.shapes: background + 4 colours = 5).
+              num_classes=5,
+              # Null condition: 'keep' (no guidance) | 'zeros'.
+              null="keep",
+          ),
+          # 'layout' (latent_diffusion.conditioning.layout): boxes with classes (config.data.num_classes of them) as
+          # tokens through a transformer trained with the UNet, by cross-attention.
+          layout=dict(
+              # Coordinate quantization levels.
+              bins=32,
+              # Objects a layout may hold (tokens: 2 + 5 max_objects).
+              max_objects=3,
+              # Sizes of the layout transformer: width, layers, attention heads, MLP width / width.
+              width=128,
+              layers=2,
+              heads=4,
+              mlp_ratio=4,
+          ),
       ),
       # Fine-tune this diffusers pipeline folder or original (CompVis / SD) single-file checkpoint: the UNet,
       # VAE, text encoder, noise schedule and latent scale come from it (config.ldm.model sets only dtype and
@@ -357,7 +430,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.encode = ml_collections.ConfigDict(dict(
       # Images per encoder call, over all processes (latent_diffusion.encode).
       batch_size=64,
-      # Source records per output shard (the unit of resumption).
+      # Source records per output shard (the unit of resumption). Each shard starts a new encoder batch
+      # (bitwise-equal resumes), so a multiple of batch_size / processes wastes no slots.
       records_per_shard=1024,
       # 'moments' stores posterior mean and log-variance; 'sample' one z ~ q(z|x) per image.
       output="moments",
@@ -441,6 +515,18 @@ def get_config() -> ml_collections.ConfigDict:
           samples_heldout_templates=120,
           # Rows of samples.png taken from each prompt set.
           grid_rows_per_set=6,
+      ),
+      # Evaluators 'inpainting', 'semantic', 'layout' and 'super_resolution' (modules of these names in
+      # latent_diffusion.evaluation): each conditions the model on held-out examples of config.data and judges
+      # what it generates.
+      tasks=dict(
+          # Held-out examples conditioned on (at each size).
+          samples=200,
+          # Sizes, as multiples of the training size, at which the semantic and super-resolution evaluators
+          # sample.
+          size_multipliers=(1, 2),
+          # Real training images of the shapes data set that the shape / colour judges are fit on.
+          judge_examples=1000,
       ),
   ))
   return config

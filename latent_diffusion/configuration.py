@@ -29,10 +29,16 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"--config={spec}: no such config file {str(file)!r} (expected e.g. configs/quickstart.py).")
   module_spec = importlib.util.spec_from_file_location(f"_config_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ConfigError(f"Config file {str(file)!r} defines no get_config() function.")
-  config = module.get_config(arg) if arg else module.get_config()
+  try:
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+      raise ConfigError(f"Config file {str(file)!r} defines no get_config() function.")
+    config = module.get_config(arg) if arg else module.get_config()
+  except ConfigError:
+    raise
+  except Exception as error:  # pylint: disable=broad-except  # a config file is code: it can fail in any way
+    raise ConfigError(f"Config file {str(file)!r} failed to run ({type(error).__name__}: {error}); fix the file "
+                      f"(is it truncated or edited by mistake?).") from error
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"{str(file)!r}: get_config() returned {type(config).__name__}, not a ConfigDict.")
   return config
@@ -157,4 +163,10 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
   """The ConfigDict saved with a checkpoint (JSON lists become tuples again)."""
   import json
 
-  return ml_collections.ConfigDict(_tuples(json.loads(text)))
+  try:
+    tree = json.loads(text)
+  except (ValueError, RecursionError) as error:
+    raise ConfigError(f"The config saved with the checkpoint is not valid JSON ({error}).") from None
+  if not isinstance(tree, dict):
+    raise ConfigError(f"The config saved with the checkpoint is a JSON {type(tree).__name__}, not an object.")
+  return ml_collections.ConfigDict(_tuples(tree))

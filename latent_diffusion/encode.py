@@ -7,6 +7,8 @@
 
 Resumable and exactly once: rerun the same command after a crash. Multi-host: run it on every
 host with the flags of latent_diffusion.train (--coordinator_address ... or --auto_distributed).
+One job per output folder (a second one refuses, naming the holder). On SIGTERM it abandons its
+unfinished shards and exits with code 75 (latent_diffusion.preemption.PREEMPTED_EXIT_CODE).
 Stage 2 reads the output with --config.ldm.latents_path=latents/.
 """
 
@@ -16,9 +18,8 @@ import pathlib
 import jax
 from absl import app, flags, logging
 
-from latent_diffusion import cli_flags, conditioning, configuration, data, encoding, parallel
+from latent_diffusion import cli_flags, conditioning, configuration, data, encoding, parallel, preemption, workdir_lock
 from latent_diffusion.training import autoencoder, loop
-from latent_diffusion.weights import pretrained
 
 _INPUT = flags.DEFINE_string("input", None, "Shard pattern (tar_shards) or class-folder root (image_folder).",
                              required=True)
@@ -34,6 +35,8 @@ def load_encoder(mesh):
   if (_AUTOENCODER.value is None) == (_VAE.value is None):
     raise app.UsageError("Give exactly one of --autoencoder (a training workdir) and --vae (a diffusers folder).")
   if _VAE.value:
+    # Imports transformers (seconds at start-up): only when a diffusers VAE is asked for.
+    from latent_diffusion.weights import pretrained  # pylint: disable=import-outside-toplevel
     vae, params, _ = pretrained.load_diffusers_vae(_VAE.value)
     return vae, jax.device_put(params, parallel.replicated(mesh)), f"diffusers {_VAE.value}"
   workdir = pathlib.Path(_AUTOENCODER.value)
@@ -49,15 +52,17 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   cli_flags.initialize_distributed()
+  preemption.install()
   config = configuration.parsed_config()
   mesh = parallel.make_mesh(config.mesh)
-  ae, ae_params, encoder_name = load_encoder(mesh)
-  source = data.IMAGE_SOURCES[config.data.name](_INPUT.value, config.data)
-  text = conditioning.text_conditioner(config, source="caption") if config.encode.text != "none" else None
-  manifest = encoding.encode_to_shards(
-      source, pathlib.Path(_OUTPUT.value), ae, ae_params, image_size=config.data.image_size,
-      encode_config=config.encode, mesh=mesh, mesh_config=config.mesh,
-      encoder_name=encoder_name, skipped_at_index=source.skipped, text=text)
+  output = pathlib.Path(_OUTPUT.value)
+  with workdir_lock.hold(output, "encode job"):
+    ae, ae_params, encoder_name = load_encoder(mesh)
+    source = data.IMAGE_SOURCES[config.data.name](_INPUT.value, config.data)
+    text = conditioning.text_conditioner(config, source="caption") if config.encode.text != "none" else None
+    manifest = encoding.encode_to_shards(
+        source, output, ae, ae_params, image_size=config.data.image_size, encode_config=config.encode, mesh=mesh,
+        mesh_config=config.mesh, encoder_name=encoder_name, skipped_at_index=source.skipped, text=text)
   summary = {k: manifest[k] for k in ("records", "source_records", "skipped_counts", "last_run_throughput")}
   print(json.dumps(summary, indent=1))
 

@@ -4,10 +4,13 @@ Exactly once by construction: record i of the source's global order belongs to o
 i // records_per_shard. A shard is written by one process (shard s by process s % P) to
 '<shard>.partial', then renamed, then described by a JSON sidecar (records, skipped keys by
 reason); a rerun redoes only the shards without a sidecar. So a job killed at any point and run
-again ends with the output of an uninterrupted run. All processes make the same number of encoder
-calls on one global batch sharded over (data, fsdp); slots after a process's last record are
-padding. Host work (decoding, writing) overlaps the device: step k+1 is dispatched before the
-results of step k are written.
+again ends with the output of an uninterrupted run. On SIGTERM all processes stop after the same
+encoder call (latent_diffusion.preemption), write what that call produced, commit the shards it
+completed, abandon the others (their '.partial' files are removed) and exit with
+PREEMPTED_EXIT_CODE; the rerun redoes the abandoned shards. All processes make the same number of
+encoder calls on one global batch sharded over (data, fsdp); each shard starts a new batch, and slots
+after a shard's or a process's last record are padding. Host work (decoding, writing) overlaps the
+device: step k+1 is dispatched before the results of step k are written.
 """
 
 import dataclasses
@@ -25,7 +28,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from latent_diffusion import parallel
+from latent_diffusion import parallel, preemption
 from latent_diffusion.data import images as image_transforms
 from latent_diffusion.data import latent_shards
 from latent_diffusion.models import AutoencoderKL
@@ -59,10 +62,17 @@ def plan_shards(num_records: int, records_per_shard: int) -> list[Shard]:
   return [Shard(i, count, i * records_per_shard, min((i + 1) * records_per_shard, num_records)) for i in range(count)]
 
 
-def owned_slots(shards: list[Shard], output: pathlib.Path, process: int, num_processes: int) -> np.ndarray:
-  """Source record indices this process still has to encode, in order (its unfinished shards)."""
+def owned_slots(shards: list[Shard], output: pathlib.Path, process: int, num_processes: int,
+                local_batch: int) -> np.ndarray:
+  """Source record indices (-1: padding) this process still has to encode, in order: its unfinished
+  shards, each padded to whole local batches. So every batch holds the records of one shard at the
+  same slots in every run, fresh or resumed: XLA's CPU kernels can round an example differently
+  with other neighbours in the batch, and a resumed run must write bitwise the same latents."""
   mine = [s for s in shards if s.index % num_processes == process and not s.sidecar(output).is_file()]
-  return np.concatenate([np.arange(s.start, s.stop) for s in mine] + [np.zeros(0, np.int64)]).astype(np.int64)
+  blocks = [np.full(-(-(s.stop - s.start) // local_batch) * local_batch, -1, np.int64) for s in mine]
+  for block, shard in zip(blocks, mine):
+    block[:shard.stop - shard.start] = np.arange(shard.start, shard.stop)
+  return np.concatenate(blocks + [np.zeros(0, np.int64)])
 
 
 class _Slot(grain.transforms.Map):
@@ -146,6 +156,15 @@ class _ShardWriters:
     if record == shard.stop - 1:
       self._commit(shard)
 
+  def abandon(self) -> list[str]:
+    """Closes and deletes this process's unfinished shards (a rerun redoes them); returns their names."""
+    names = []
+    for index in sorted(self.open):
+      writer, _ = self.open.pop(index)
+      writer.abandon()
+      names.append(self.shards[index].name)
+    return names
+
   def _commit(self, shard: Shard) -> None:
     writer, skipped = self.open.pop(shard.index)
     writer.commit()
@@ -193,7 +212,7 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
   local_batch = global_batch // num_processes
   # Every process must see the same set of finished shards before deciding its step count.
   multihost_utils.sync_global_devices("encode: listed finished shards")
-  all_slots = [owned_slots(shards, output, p, num_processes) for p in range(num_processes)]
+  all_slots = [owned_slots(shards, output, p, num_processes, local_batch) for p in range(num_processes)]
   steps = max(math.ceil(len(s) / local_batch) for s in all_slots)
   skips = image_transforms.SkipCounter("encode")
   tokenize = text.tokenize if encode_config.text != "none" else None
@@ -203,7 +222,7 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
   sharding = parallel.batch_sharding(mesh, mesh_config)
   writers = _ShardWriters(shards, encode_config.records_per_shard, output, skips)
   logging.info("encode: %d records in %d shards; this run: %d steps of %d images (%d remaining here).",
-               len(source), len(shards), steps, global_batch, len(all_slots[process]))
+               len(source), len(shards), steps, global_batch, int((all_slots[process] >= 0).sum()))
 
   def write(local: dict, latents: dict) -> None:
     latents = {k: np.asarray(v) for k, v in multihost_utils.global_array_to_host_local_array(
@@ -226,6 +245,7 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
 
   # Throughput counts from the end of step 0, whose dispatch includes compiling the encoder.
   start, pending, done = time.perf_counter(), None, 0
+  preemption.install()
   for step in range(steps):
     local = next(batches)
     arrays = parallel.global_batch({"image": local["image"], "record": local["record"]}, sharding)
@@ -241,6 +261,12 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
       rate = done / (time.perf_counter() - start)
       logging.info("encode: step %d/%d, %.1f images/s, ETA %.0f s", step + 1, steps, rate, (steps - step - 1) *
                    global_batch / rate)
+    if preemption.reached() and step + 1 < steps:   # every process, every call: they stop at the same one
+      write(*pending)
+      abandoned = writers.abandon()
+      logging.warning("encode: abandoned unfinished shard(s) %s of this process; a rerun redoes them.", abandoned)
+      multihost_utils.sync_global_devices("encode: preempted")
+      raise preemption.Preempted("encode", step + 1)
   if pending is not None:
     write(*pending)
   seconds = time.perf_counter() - start

@@ -5,8 +5,12 @@ classifier-free guidance (the UNet on the [cond; uncond] batch) -> decoder -> im
 
 One generator serves trained runs and imported pipelines alike (`bundle.LatentDiffusion`): a request
 names what the model's conditioners read ('prompt' and 'negative_prompt' for text, 'label' for classes,
-the concat field for image-shaped conditions). The guidance scale is a traced argument, so changing it
-does not recompile; parameters stay where the bundle placed them.
+'image' and 'mask' for inpainting, 'low_res', 'segmentation', 'boxes' and 'box_labels' for layouts, the
+concat field for other image-shaped conditions). Image-shaped conditions fix the output size (a larger map or
+low-resolution image gives a larger image); conditioners may add sampler inputs (inpainting's known region).
+The guidance scale is a traced argument, so changing it does not recompile; a model whose null condition
+equals its condition (inpainting, super-resolution alone) is sampled without the unconditional branch.
+Parameters stay where the bundle placed them.
 """
 
 import dataclasses
@@ -72,10 +76,12 @@ class Generator:
       cond_params = params.get("conditioner", {})
       conditioned = bool(m.conditioning.kinds)
       cond = m.conditioning.unet_kwargs(cond_params, cond_inputs) if conditioned else None
-      uncond = m.conditioning.unet_kwargs(cond_params, uncond_inputs) if conditioned else None
+      guided = conditioned and m.conditioning.guided
+      uncond = m.conditioning.unet_kwargs(cond_params, uncond_inputs) if guided else None
+      extra = m.conditioning.sampler_kwargs(cond_params, cond_inputs) if conditioned else {}
       model_fn = lambda x_t, t, c: m.unet.apply({"params": params["unet"]}, x_t, t, **(c or {}))
       z0 = sample(model_fn, m.schedule, x_T, rng, cond=cond, uncond=uncond, guidance_scale=guidance_scale,
-                  **dict(options))
+                  **extra, **dict(options))
       images = m.autoencoder.apply({"params": params["autoencoder"]}, z0 / m.scale_factor,
                                    method=type(m.autoencoder).decode)
       return jnp.clip(images / 2.0 + 0.5, 0.0, 1.0)
@@ -108,8 +114,12 @@ class Generator:
                latents: np.ndarray | None = None) -> tuple[np.ndarray, Timings]:
     """Images float32 [B, H, W, C] in [0, 1] and timings (compile time apart from the run).
 
-    request: {'prompt': [B] or one str, 'negative_prompt': [B] or one str, 'label': int [B],
-      <concat field>: [B, h, w, k]}, as the model's conditioners need; B from its fields or num_images.
+    request: {'prompt': [B] or one str, 'negative_prompt': [B] or one str, 'label': int [B], 'image' [B, H, W, C]
+      and 'mask' [B, H, W] (inpainting), 'low_res' [B, h, w, C], 'segmentation' int [B, H, W], 'boxes' [B, M, 4]
+      and 'box_labels' [B, M] (layouts), <concat field>: [B, h, w, k]}, as the model's conditioners need; B from
+      its fields or num_images.
+    height / width: the image size in pixels; default: what the request's image-shaped conditions fix, else the
+      trained size.
     sampler / eta / spacing: override the model's defaults (an option the sampler lacks is an error).
     latents: optional x_T [B, h, w, c] (NHWC); by default normal(fold_in(key(seed), 1)).
     """
@@ -117,18 +127,22 @@ class Generator:
     num = num_images or _request_size(request)
     if num is None:
       raise ValueError("Say how many images: num_images, or one request value per image.")
+    cond = m.conditioning.request_inputs(request, num)
+    uncond = m.conditioning.null_request_inputs(request, num) if m.conditioning.guided else {}
+    grid = m.conditioning.request_grid(cond)
+    if grid is not None and height is None and width is None:
+      height, width = grid[0] * m.vae_scale, grid[1] * m.vae_scale
     shape = (num, *self.latent_shape(height, width))
+    if grid is not None and tuple(grid) != shape[1:3]:
+      shapes = {name: tuple(np.shape(value)) for name, value in cond.items() if np.ndim(value) >= 3}
+      raise ValueError(f"The request's image-shaped conditions {shapes} fit the latent grid {tuple(grid)} "
+                       f"({grid[0] * m.vae_scale} x {grid[1] * m.vae_scale} pixels); the requested size "
+                       f"height={shape[1] * m.vae_scale}, width={shape[2] * m.vae_scale} is the latent grid {shape[1:3]}.")
     rng = jax.random.key(seed)
     if latents is None:
       latents = jax.random.normal(jax.random.fold_in(rng, 1), shape, jnp.float32)
     elif tuple(latents.shape) != shape:
       raise ValueError(f"latents have shape {tuple(latents.shape)}; expected {shape} (NHWC) for this request/size.")
-    cond = m.conditioning.request_inputs(request, num)
-    uncond = m.conditioning.null_request_inputs(request, num)
-    for name, value in cond.items():
-      if np.ndim(value) == 4 and value.shape[1:3] != shape[1:3]:
-        raise ValueError(f"Condition {name!r} has the latent grid {value.shape[1:3]}, the requested image "
-                         f"{shape[1:3]} (height={shape[1] * m.vae_scale}, width={shape[2] * m.vae_scale}).")
     name = sampler or m.sampler
     options = sampler_options(name, m.sampler_options, num_steps=num_steps, eta=eta, spacing=spacing)
     args = (m.params, cond, uncond, jnp.asarray(latents, jnp.float32), rng, jnp.float32(guidance_scale))

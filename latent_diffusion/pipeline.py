@@ -3,7 +3,8 @@
   autoencoder  stage-1 training               -> workdir/autoencoder/
   ldm          stage-2 training on latents     -> workdir/ldm/
   evaluate     sample grid + classifier scores -> workdir/samples.png
-Every stage's figures and wall time go to workdir/metrics.json.
+Every stage's figures and wall time go to workdir/metrics.json. One job per workdir (a second one
+refuses at start, naming the holder); SIGTERM stops the running stage at a saved step (exit code 75).
 """
 
 import json
@@ -13,7 +14,7 @@ import time
 
 import jax
 
-from latent_diffusion import evaluate, parallel
+from latent_diffusion import evaluate, parallel, preemption, workdir_lock
 from latent_diffusion.training import autoencoder, ldm
 
 # Stage name -> fn(config, workdir, mesh) -> dict of JSON-able figures.
@@ -31,6 +32,12 @@ def run(config, workdir: str | pathlib.Path) -> dict:
   if unknown:
     raise ValueError(f"Unknown stage(s) {unknown} in config.stages; known: {list(STAGES)}.")
   workdir.mkdir(parents=True, exist_ok=True)
+  preemption.install()
+  with workdir_lock.hold(workdir, "training job"):
+    return _run_stages(config, workdir)
+
+
+def _run_stages(config, workdir: pathlib.Path) -> dict:
   mesh = parallel.make_mesh(config.mesh)
   metrics_path = workdir / "metrics.json"
   metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}

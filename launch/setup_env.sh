@@ -12,7 +12,7 @@ fi
 source "$_repo/.venv/bin/activate"
 _stamp="$_repo/.venv/.installed-$(basename "$_requirements")-$(cat "$_repo"/requirements*.txt | sha1sum | cut -c1-12)"
 if [ ! -f "$_stamp" ]; then
-  python -m pip install --quiet --upgrade pip
+  python -m pip install --quiet pip==26.3
   python -m pip install --quiet -r "$_repo/$_requirements"
   touch "$_stamp"
 fi

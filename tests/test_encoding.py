@@ -3,6 +3,7 @@ latent shards; killed mid-shard and rerun equals an uninterrupted run; stage 2 t
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from latent_diffusion import parallel
+from latent_diffusion.preemption import PREEMPTED_EXIT_CODE
 from latent_diffusion.data import images, latent_shards, tar_shards, tokenization
 from latent_diffusion.training import ldm
 from latent_diffusion.weights import pretrained
@@ -49,7 +51,7 @@ def _encode_command(inputs, output, *extra):
           "--config.encode.records_per_shard=5", *extra]
 
 
-def _read_output(directory) -> dict:
+def read_output(directory) -> dict:
   """key -> decoded record over every shard; fails on a duplicate key."""
   records = {}
   for path in latent_shards.shard_paths(directory):
@@ -62,16 +64,17 @@ def _read_output(directory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(inputs, tmp_path_factory):
+def uninterrupted(inputs, tmp_path_factory, cached_compiles_env):
   output = tmp_path_factory.mktemp("encoded")
-  result = subprocess.run(_encode_command(inputs, output), capture_output=True, text=True, timeout=600)
+  result = subprocess.run(_encode_command(inputs, output), capture_output=True, text=True, timeout=600,
+                          env=cached_compiles_env)
   assert result.returncode == 0, result.stderr[-3000:]
   return output
 
 
 def test_every_good_record_is_encoded_once_and_skips_are_counted(inputs, uninterrupted):
   _, expected, skipped, _ = inputs
-  records = _read_output(uninterrupted)
+  records = read_output(uninterrupted)
   assert sorted(records) == sorted(expected)
   manifest = json.loads((uninterrupted / "manifest.json").read_text())
   assert manifest["records"] == len(expected)
@@ -90,7 +93,7 @@ def test_latents_equal_the_bare_encoder_on_the_same_images(inputs, uninterrupted
   dataset = images.image_dataset(tar_shards.TarShardSource(pattern), image_size=IMAGE_SIZE, text=True)
   examples = [ex for ex in dataset.to_iter_dataset()][:6]
   posterior = vae.apply({"params": params}, np.stack([ex["image"] for ex in examples]), method=type(vae).encode)
-  records = _read_output(uninterrupted)
+  records = read_output(uninterrupted)
   for i, ex in enumerate(examples):
     np.testing.assert_allclose(records[ex["key"]]["latent_mean"], posterior.mean[i], rtol=1e-5, atol=1e-5)
 
@@ -100,12 +103,12 @@ _KILLER = textwrap.dedent("""
     from latent_diffusion.data import latent_shards
     from latent_diffusion import encode
     from absl import app
-    writes, kill_at = [0], int(os.environ["KILL_AT_WRITE"])
+    writes, kill_at, sig = [0], int(os.environ["KILL_AT_WRITE"]), getattr(signal, os.environ["SIGNAL"])
     original = latent_shards.ShardWriter.write
     def write(self, example):
       writes[0] += 1
       if writes[0] == kill_at:   # mid-shard: earlier records of this shard are in its .partial file
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), sig)
       original(self, example)
     latent_shards.ShardWriter.write = write
     sys.argv = ["encode"] + sys.argv[1:]
@@ -113,22 +116,49 @@ _KILLER = textwrap.dedent("""
 """)
 
 
-def test_killed_mid_shard_then_rerun_equals_uninterrupted(inputs, uninterrupted, tmp_path):
+def test_killed_mid_shard_then_rerun_equals_uninterrupted(inputs, uninterrupted, tmp_path, cached_compiles_env):
   command = _encode_command(inputs, tmp_path)
   killed = subprocess.run([sys.executable, "-c", _KILLER, *command[3:]], capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ, KILL_AT_WRITE="8"))
+                          timeout=600, env=dict(cached_compiles_env, KILL_AT_WRITE="8", SIGNAL="SIGKILL"))
   assert killed.returncode == -9, killed.stderr[-3000:]
   assert list(tmp_path.glob("*.partial")) and not (tmp_path / "manifest.json").exists()
-  finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  finished = subprocess.run(command, capture_output=True, text=True, timeout=600, env=cached_compiles_env)
   assert finished.returncode == 0, finished.stderr[-3000:]
   assert not list(tmp_path.glob("*.partial"))
-  resumed, reference = _read_output(tmp_path), _read_output(uninterrupted)
+  resumed, reference = read_output(tmp_path), read_output(uninterrupted)
   assert resumed.keys() == reference.keys()
   for key, record in reference.items():
     for name in ("latent_mean", "latent_logvar"):
       np.testing.assert_array_equal(resumed[key][name], record[name])
   manifest = json.loads((tmp_path / "manifest.json").read_text())
   assert manifest["skipped"] == json.loads((uninterrupted / "manifest.json").read_text())["skipped"]
+
+
+def test_sigterm_abandons_the_unfinished_shard_and_the_rerun_completes_it(inputs, uninterrupted, tmp_path,
+                                                                          cached_compiles_env):
+  """SIGTERM mid-run: the job writes what its last encoder call produced, commits the shards that
+  completes, deletes the .partial file of any shard still unfinished and exits 75; the rerun equals
+  an uninterrupted run."""
+  command = _encode_command(inputs, tmp_path)
+  stopped = subprocess.run([sys.executable, "-c", _KILLER, *command[3:]], capture_output=True, text=True,
+                           timeout=600, env=dict(cached_compiles_env, KILL_AT_WRITE="9", SIGNAL="SIGTERM"))
+  assert stopped.returncode == PREEMPTED_EXIT_CODE, stopped.stderr[-3000:]
+  # 22 records in shards of 5, batches of 4 (a shard starts a batch): the 9th valid record (#9, the
+  # last of shard 1) is written while the call holding records 10-13 runs; that call is written
+  # too, which leaves shard 2 unfinished: abandoned.
+  abandoned = re.search(r"encode: abandoned unfinished shard\(s\) \[(.*)\] of this process", stopped.stderr)
+  assert abandoned and re.findall(r"latents-\d+-of-\d+", abandoned.group(1)) == ["latents-00002-of-00005"]
+  committed = [f"latents-0000{i}-of-00005" for i in (0, 1)]
+  assert sorted(p.stem for p in tmp_path.glob("latents-*.json")) == committed
+  assert sorted(p.stem for p in tmp_path.glob(f"*{latent_shards.SUFFIX}")) == committed
+  assert not list(tmp_path.glob("*.partial")) and not (tmp_path / "manifest.json").exists()
+  finished = subprocess.run(command, capture_output=True, text=True, timeout=600, env=cached_compiles_env)
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  resumed, reference = read_output(tmp_path), read_output(uninterrupted)
+  assert resumed.keys() == reference.keys()
+  for key, record in reference.items():
+    for name in ("latent_mean", "latent_logvar"):
+      np.testing.assert_array_equal(resumed[key][name], record[name])
 
 
 def test_stage_two_trains_on_the_latent_shards(uninterrupted, tmp_path):
@@ -155,7 +185,7 @@ def test_two_processes_write_the_same_records_as_one(inputs, uninterrupted, tmp_
   for worker in workers:
     _, stderr = worker.communicate(timeout=600)
     assert worker.returncode == 0, stderr[-3000:]
-  resumed, reference = _read_output(tmp_path), _read_output(uninterrupted)
+  resumed, reference = read_output(tmp_path), read_output(uninterrupted)
   assert resumed.keys() == reference.keys()
   for key, record in reference.items():
     assert resumed[key]["caption"] == record["caption"]

@@ -1,4 +1,5 @@
-"""Conditioning by name: class labels, text (cross-attention), image-shaped concat, and combinations.
+"""Conditioning by name: class labels, text and layouts (cross-attention), image-shaped conditions concatenated to
+x_t (generic concat, inpainting, low-resolution images, segmentation maps), and combinations.
 
 `from_config(config)` builds the `Conditioning` of config.ldm.conditioning; every place that feeds a
 condition to the UNet (training inputs with classifier-free-guidance dropout, initialisation shapes,
@@ -11,6 +12,10 @@ from latent_diffusion.conditioning.base import Conditioner
 from latent_diffusion.conditioning.class_label import ClassConditioner
 from latent_diffusion.conditioning.combined import Conditioning, merge_params
 from latent_diffusion.conditioning.concat import ConcatConditioner
+from latent_diffusion.conditioning.inpaint import InpaintConditioner, mask_options
+from latent_diffusion.conditioning.layout import LayoutConditioner, LayoutTokenizer
+from latent_diffusion.conditioning.low_res import LowResConditioner
+from latent_diffusion.conditioning.segmentation import SegmentationConditioner
 from latent_diffusion.conditioning.text import TextConditioner
 from latent_diffusion.data import tokenization
 from latent_diffusion.models.text import BertEncoder
@@ -25,6 +30,13 @@ def _pipeline_part(config, part: str) -> pathlib.Path | None:
   if init_from and pathlib.Path(init_from).is_dir():
     return pathlib.Path(init_from) / part
   return None
+
+
+def trained_encoder(vocab_size: int, max_length: int, sizes, dtype) -> BertEncoder:
+  """The paper's BERT-style transformer trained from scratch with the UNet; sizes: width, layers, heads, mlp_ratio."""
+  return BertEncoder(vocab_size=vocab_size, hidden_size=sizes.width, intermediate_size=sizes.mlp_ratio * sizes.width,
+                     num_layers=sizes.layers, num_heads=sizes.heads, max_position_embeddings=max_length,
+                     add_pooling_layer=False, dtype=dtype)
 
 
 def text_conditioner(config, source: str | None = None, pipeline_text: tuple | None = None) -> TextConditioner:
@@ -56,21 +68,31 @@ def text_conditioner(config, source: str | None = None, pipeline_text: tuple | N
     tokenizer, params = tokenization.load_tokenizer(text.tokenizer_path), None
   train_encoder = text.train_encoder or text.encoder == "trained"
   if text.encoder == "trained":
-    max_length = text.max_length or tokenizer.model_max_length
-    encoder = BertEncoder(vocab_size=len(tokenizer), hidden_size=text.width, intermediate_size=text.mlp_ratio * text.width,
-                          num_layers=text.layers, num_heads=text.heads, max_position_embeddings=max_length,
-                          add_pooling_layer=False, dtype=dtype)
+    encoder = trained_encoder(len(tokenizer), text.max_length or tokenizer.model_max_length, text, dtype)
   return TextConditioner(tokenizer, encoder, params, train_encoder=train_encoder, max_length=text.max_length,
                          layer=text.layer, use_attention_mask=text.use_attention_mask,
                          source=source or text.source, missing_caption=text.missing_caption)
 
 
+def layout_conditioner(config, *_) -> LayoutConditioner:
+  """Boxes + class tokens (config.data.num_classes classes) through a transformer trained with the UNet."""
+  layout = config.ldm.conditioning.layout
+  tokenizer = LayoutTokenizer(config.data.num_classes, layout.bins, layout.max_objects)
+  return LayoutConditioner(tokenizer, trained_encoder(len(tokenizer), tokenizer.model_max_length, layout,
+                                                      config.ldm.model.dtype))
+
+
 # Conditioner name -> fn(config, text_source, pipeline_text) building it from config.ldm.conditioning (and
-# config.data).
+# config.data, config.autoencoder). Conditioners of the first stage's space are bound to it by ldm.describe.
 CONDITIONERS = {
     "class": lambda config, *_: ClassConditioner(config.data.num_classes),
     "text": text_conditioner,
     "concat": lambda config, *_: ConcatConditioner(**config.ldm.conditioning.concat),
+    "inpaint": lambda config, *_: InpaintConditioner(mask_options(config), config.ldm.conditioning.inpaint.keep_known),
+    "low_res": lambda config, *_: LowResConditioner(config.autoencoder.model.in_channels,
+                                                    **config.ldm.conditioning.low_res),
+    "segmentation": lambda config, *_: SegmentationConditioner(**config.ldm.conditioning.segmentation),
+    "layout": layout_conditioner,
 }
 
 
@@ -84,5 +106,6 @@ def from_config(config, text_source: str | None = None, pipeline_text: tuple | N
   return Conditioning([CONDITIONERS[kind](config, text_source, pipeline_text) for kind in cfg.kinds], cfg.drop_prob)
 
 
-__all__ = ["CONDITIONERS", "ClassConditioner", "ConcatConditioner", "Conditioner", "Conditioning", "TextConditioner",
-           "from_config", "merge_params", "text_conditioner"]
+__all__ = ["CONDITIONERS", "ClassConditioner", "ConcatConditioner", "Conditioner", "Conditioning", "InpaintConditioner",
+           "LayoutConditioner", "LayoutTokenizer", "LowResConditioner", "SegmentationConditioner", "TextConditioner",
+           "from_config", "layout_conditioner", "merge_params", "text_conditioner", "trained_encoder"]

@@ -8,6 +8,11 @@ A condition travels in two forms:
                  conditioner's parameters (`unet_kwargs`), e.g. {'y': [B]}, {'context': [B, L, D]}.
 The null condition of classifier-free guidance is `null_unet_kwargs` (training-time dropout) and
 `null_request_inputs` (the unconditional / negative side at sampling).
+
+Conditions that live in the first stage's space (inpainting's masked-image latent, a condition at the
+latent grid) are bound to the autoencoder with `with_first_stage`; what varies per training step (random
+inpainting masks, noise on a low-resolution image) is drawn on device in `train_inputs`; what the sampler
+needs beyond the UNet's inputs (inpainting's known region) comes from `sampler_kwargs`.
 """
 
 import abc
@@ -23,6 +28,8 @@ class Conditioner(abc.ABC):
 
   #: Registry name (config.ldm.conditioning.kinds), also the key of its parameters.
   name: str = ""
+  #: `prepare` reads the record's pixels ('image'), so in-memory encoding keeps them beside the latents.
+  reads_image: bool = False
 
   def unet_fields(self) -> dict:
     """UNet constructor fields this condition determines, e.g. {'num_classes': 11}, {'context_dim': 384}."""
@@ -32,9 +39,35 @@ class Conditioner(abc.ABC):
   def input_fields(self) -> tuple[str, ...]:
     """Names of the model inputs (fields of a prepared training example)."""
 
+  def batch_fields(self) -> tuple[str, ...]:
+    """Fields of a prepared training example (what `prepare` returns); default: the model inputs."""
+    return self.input_fields()
+
   @abc.abstractmethod
   def prepare(self, example: dict) -> dict | None:
-    """Host side, per training example: {input field: array} (no batch axis); None drops the example."""
+    """Host side, per training example: {batch field: array} (no batch axis); None drops the example."""
+
+  def train_inputs(self, batch: dict, rng) -> dict:
+    """Device side, in the train step: model inputs [B, ...] from a training batch of batch_fields, drawing what is
+    random per step (inpainting masks, low-resolution noise); default: the batch as it is."""
+    del rng
+    return batch
+
+  def with_first_stage(self, autoencoder, params, scale_factor: float | None) -> "Conditioner":
+    """This conditioner bound to the model's first stage (module, its params or None, the latent scale or None
+    while unknown); default: itself, for conditions that do not depend on it."""
+    del autoencoder, params, scale_factor
+    return self
+
+  @property
+  def guided(self) -> bool:
+    """Whether the null condition differs from the condition (else classifier-free guidance has no effect)."""
+    return True
+
+  def request_grid(self, inputs: dict) -> tuple[int, int] | None:
+    """The latent grid (h, w) the model inputs of a request fix (image-shaped conditions), or None (any size)."""
+    del inputs
+    return None
 
   @abc.abstractmethod
   def request_inputs(self, request: dict, num: int) -> dict:
@@ -70,6 +103,11 @@ class Conditioner(abc.ABC):
   @abc.abstractmethod
   def null_unet_kwargs(self, params: Params, inputs: dict) -> dict:
     """Device side: the null condition for the batch of `inputs` (what dropped examples train on)."""
+
+  def sampler_kwargs(self, params: Params, inputs: dict) -> dict:
+    """Device side: sampler inputs beyond the UNet's (inpainting's `mask` / `x0_known`); default none."""
+    del params, inputs
+    return {}
 
 
 def check_batch(name: str, value: np.ndarray, num: int, what: str) -> np.ndarray:

@@ -3,6 +3,8 @@
 Parameters are {conditioner name: its parameters} for the conditioners that have any. Classifier-free
 guidance dropout draws one Bernoulli per example: a dropped example gets every conditioner's null
 condition together (a 'keep' concat condition stays), which is the unconditional branch sampling uses.
+Image-shaped conditions of several conditioners reach the UNet as one `concat`, stacked along channels in
+the order of the conditioners (e.g. inpainting's mask and masked latent, then a segmentation map).
 """
 
 from collections.abc import Sequence
@@ -59,6 +61,34 @@ class Conditioning:
   def input_fields(self) -> tuple[str, ...]:
     return tuple(f for c in self.conditioners.values() for f in c.input_fields())
 
+  def batch_fields(self) -> tuple[str, ...]:
+    return tuple(f for c in self.conditioners.values() for f in c.batch_fields())
+
+  @property
+  def reads_image(self) -> bool:
+    return any(c.reads_image for c in self.conditioners.values())
+
+  @property
+  def guided(self) -> bool:
+    """Whether any null condition differs from its condition (classifier-free guidance can act)."""
+    return any(c.guided for c in self.conditioners.values())
+
+  def with_first_stage(self, autoencoder, params, scale_factor: float | None) -> "Conditioning":
+    """Every conditioner bound to the first stage (see Conditioner.with_first_stage)."""
+    return Conditioning([c.with_first_stage(autoencoder, params, scale_factor) for c in self.conditioners.values()],
+                        self.drop_prob)
+
+  def request_grid(self, inputs: dict) -> tuple[int, int] | None:
+    """The latent grid the request's image-shaped conditions fix (they must agree), or None."""
+    grids = {}
+    for name, c in self.conditioners.items():
+      grid = c.request_grid({f: inputs[f] for f in c.input_fields()})
+      if grid is not None:
+        grids[name] = tuple(int(g) for g in grid)
+    if len(set(grids.values())) > 1:
+      raise ValueError(f"The request's conditions fix different latent grids: {grids}; give them at one image size.")
+    return next(iter(grids.values()), None)
+
   def prepare(self, example: dict) -> dict | None:
     """The example's model inputs, or None if a conditioner drops it."""
     inputs = {}
@@ -102,15 +132,41 @@ class Conditioning:
   def null_unet_kwargs(self, params: dict, inputs: dict) -> dict:
     return self._kwargs("null_unet_kwargs", params, inputs)
 
+  def sampler_kwargs(self, params: dict, inputs: dict) -> dict:
+    """Sampler inputs beyond the UNet's (inpainting's mask / x0_known), from the conditioners that give any."""
+    out = {}
+    for name, c in self.conditioners.items():
+      given = c.sampler_kwargs(params.get(name, {}), {f: inputs[f] for f in c.input_fields()})
+      if out.keys() & given.keys():
+        raise ValueError(f"Conditioner {name!r} sets sampler inputs {sorted(out.keys() & given.keys())} another "
+                         f"conditioner of {self.kinds} sets too.")
+      out.update(given)
+    return out
+
   def _kwargs(self, method: str, params: dict, inputs: dict) -> dict:
     out = {}
     for name, c in self.conditioners.items():
       own = {f: inputs[f] for f in c.input_fields()}
-      out.update(getattr(c, method)(params.get(name, {}), own))
+      for key, value in getattr(c, method)(params.get(name, {}), own).items():
+        if key == "concat" and key in out:      # image-shaped conditions stack along channels
+          value = jnp.concatenate([out[key], value.astype(out[key].dtype)], axis=-1)
+        elif key in out:
+          raise ValueError(f"Conditioner {name!r} gives the UNet {key!r}, which another conditioner of "
+                           f"{self.kinds} gives too.")
+        out[key] = value
     return out
 
-  def train_unet_kwargs(self, params: dict, inputs: dict, rng: jax.Array) -> dict:
-    """UNet kwargs with each example replaced by the null condition with probability drop_prob."""
+  def train_inputs(self, batch: dict, rng: jax.Array) -> dict:
+    """Model inputs of a training batch (batch_fields), each conditioner drawing its per-step randomness."""
+    inputs = {}
+    for i, c in enumerate(self.conditioners.values()):
+      inputs.update(c.train_inputs({f: batch[f] for f in c.batch_fields()}, jax.random.fold_in(rng, i + 1)))
+    return inputs
+
+  def train_unet_kwargs(self, params: dict, batch: dict, rng: jax.Array) -> dict:
+    """UNet kwargs of a training batch (batch_fields), each example replaced by the null condition with
+    probability drop_prob."""
+    inputs = self.train_inputs(batch, rng)
     kwargs = self.unet_kwargs(params, inputs)
     if not kwargs or self.drop_prob == 0.0:
       return kwargs

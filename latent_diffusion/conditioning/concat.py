@@ -28,6 +28,13 @@ class ConcatConditioner(Conditioner):
   def input_fields(self) -> tuple[str, ...]:
     return (self.field,)
 
+  @property
+  def guided(self) -> bool:
+    return self.null != "keep"
+
+  def request_grid(self, inputs: dict) -> tuple[int, int]:
+    return tuple(inputs[self.field].shape[1:3])
+
   def _checked(self, value, where: str) -> np.ndarray:
     value = np.asarray(value, np.float32)
     if value.ndim < 3 or value.shape[-1] != self.channels:

@@ -68,7 +68,7 @@ class TextConditioner(Conditioner):
       raise ValueError(f"The tokenizer has {len(tokenizer)} tokens, the text encoder's vocabulary only "
                        f"{encoder.vocab_size}: they do not belong together.")
     self.skips = SkipCounter("text") if skips is None else skips
-    self._null_tokens = self.tokenize([""])
+    self._null_tokens = self.empty_tokens()
     self._null_context = None
 
   # --- host side -------------------------------------------------------------------------------
@@ -80,6 +80,10 @@ class TextConditioner(Conditioner):
     """{'tokens': int32 [B, L], 'token_mask'?: int32 [B, L]} as the model inputs hold them."""
     ids, mask = tokenization.tokenize(self.tokenizer, list(texts), self.max_length, with_attention_mask=True)
     return {"tokens": ids, **({"token_mask": mask} if self.use_attention_mask else {})}
+
+  def empty_tokens(self) -> dict:
+    """Model inputs [1, L] of the empty condition, whose encoding is the null of classifier-free guidance."""
+    return self.tokenize([""])
 
   def unet_fields(self) -> dict:
     return {"context_dim": self.width}

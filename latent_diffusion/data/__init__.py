@@ -11,7 +11,9 @@ from latent_diffusion.data import images
 from latent_diffusion.data.digit_pairs import make_digit_pairs_dataset
 from latent_diffusion.data.digits import SPLITS, load_digits_split, make_digits_dataset
 from latent_diffusion.data.image_folder import ImageFolderSource
+from latent_diffusion.data.photos import make_photo_crops_dataset
 from latent_diffusion.data.sample_photos import make_sample_photos_dataset
+from latent_diffusion.data.shapes import make_shapes_dataset
 from latent_diffusion.data.tar_shards import TarShardSource
 from latent_diffusion.data.tfds_source import TfdsSource
 
@@ -59,8 +61,9 @@ def make_image_dataset(data_config, split: str) -> grain.MapDataset:
 
 
 # Data set name -> fn(data_config, split) returning a finite grain MapDataset of example dicts.
-DATASETS = {"digits": make_digits_dataset, "digit_pairs": make_digit_pairs_dataset,
-            "sample_photos": make_sample_photos_dataset, **{name: make_image_dataset for name in IMAGE_SOURCES}}
+DATASETS = {"digits": make_digits_dataset, "digit_pairs": make_digit_pairs_dataset, "shapes": make_shapes_dataset,
+            "photo_crops": make_photo_crops_dataset, "sample_photos": make_sample_photos_dataset,
+            **{name: make_image_dataset for name in IMAGE_SOURCES}}
 
 
 def image_shape(data_config) -> tuple[int, int]:

@@ -5,9 +5,14 @@ A record is msgpack of {'key': str, 'caption': str (None if the source had none)
 'token_mask' (int32 [L]) and 'context' (the frozen text encoder's output [L, D]): arrays as {'dtype', 'shape',
 'data'}}, latents NHWC [h, w, c]. Shard files are written as '<name>.partial' and renamed when complete, so a
 reader never sees half a shard.
+
+Damaged files: a shard that does not open (truncated, not ArrayRecord) is a LatentShardError naming
+it; a record that cannot be read or decoded (flipped bytes) is skipped and counted as
+'corrupt_record' by the data set's SkipCounter.
 """
 
 import glob
+import math
 import pathlib
 
 import grain
@@ -16,8 +21,18 @@ import msgpack
 import numpy as np
 from array_record.python import array_record_module
 
+from latent_diffusion.data.images import SkipCounter
+
 SUFFIX = ".array_record"
 _DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "int32": np.int32}
+
+
+class LatentRecordError(ValueError):
+  """A latent record's bytes do not decode into the record layout (see the module docstring)."""
+
+
+class LatentShardError(OSError):
+  """A latent shard file cannot be opened; the message says which and how to redo it."""
 
 
 def encode_record(example: dict) -> bytes:
@@ -31,12 +46,28 @@ def encode_record(example: dict) -> bytes:
   return msgpack.packb(packed, use_bin_type=True)
 
 
+def _array(name: str, value: dict) -> np.ndarray:
+  dtype, shape, data = value.get("dtype"), value.get("shape"), value.get("data")
+  if dtype not in _DTYPES or not isinstance(data, bytes) or not isinstance(shape, list) or not all(
+      isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+    raise LatentRecordError(f"field {name!r} is not an array record (dtype {dtype!r}, shape {shape!r})")
+  if len(data) != math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize:
+    raise LatentRecordError(f"field {name!r} holds {len(data)} bytes, not those of a {dtype} array of shape {shape}")
+  return np.frombuffer(data, _DTYPES[dtype]).reshape(shape)
+
+
 def decode_record(record: bytes, dtype=np.float32) -> dict:
-  """The example of `encode_record`, latent (floating) arrays cast to `dtype`, token ids int32."""
-  example = msgpack.unpackb(record, raw=False)
+  """The example of `encode_record`, latent (floating) arrays cast to `dtype`, token ids int32.
+  Raises LatentRecordError for bytes that are not such a record."""
+  try:
+    example = msgpack.unpackb(record, raw=False, strict_map_key=True)
+  except (ValueError, TypeError, msgpack.exceptions.ExtraData, msgpack.exceptions.StackError) as error:
+    raise LatentRecordError(f"not a msgpack record: {type(error).__name__}: {error}") from None
+  if not isinstance(example, dict) or not isinstance(example.get("key"), str):
+    raise LatentRecordError(f"not a record with a string 'key' but a {type(example).__name__}")
   for name, value in example.items():
-    if isinstance(value, dict) and "data" in value:
-      array = np.frombuffer(value["data"], _DTYPES[value["dtype"]]).reshape(value["shape"])
+    if isinstance(value, dict):
+      array = _array(name, value)
       example[name] = array if array.dtype == np.int32 else array.astype(dtype)
   return example
 
@@ -58,6 +89,11 @@ class ShardWriter:
     self._writer.close()
     self._partial.replace(self.path)
 
+  def abandon(self) -> None:
+    """Closes and deletes the unfinished shard."""
+    self._writer.close()
+    self._partial.unlink(missing_ok=True)
+
 
 def shard_paths(directory: str | pathlib.Path) -> list[str]:
   """Sorted complete shard files of an encoding job's output directory."""
@@ -67,18 +103,45 @@ def shard_paths(directory: str | pathlib.Path) -> list[str]:
   return paths
 
 
-def latent_dataset(directory: str | pathlib.Path) -> grain.MapDataset:
+def open_shards(paths: list[str]) -> grain.sources.ArrayRecordDataSource:
+  """One grain source over the shard files; LatentShardError names each file that does not open."""
+  try:
+    return grain.sources.ArrayRecordDataSource(paths)
+  except RuntimeError:   # find which (the combined error does not always say)
+    broken = []
+    for path in paths:
+      try:
+        grain.sources.ArrayRecordDataSource([path])
+      except RuntimeError as error:
+        broken.append(f"{path} ({str(error)[:160]})")
+    raise LatentShardError(f"Latent shard(s) cannot be opened (truncated or not ArrayRecord): {broken}. Delete each "
+                           f"with its .json sidecar and rerun the same latent_diffusion.encode command: it redoes "
+                           f"exactly the missing shards.") from None
+
+
+class _Records(grain.transforms.Map):
+  """Record index -> example dict, or None (skipped and counted) if the record is unreadable or corrupt."""
+
+  def __init__(self, source, skips: SkipCounter):
+    self.source, self.skips = source, skips
+
+  def map(self, index: int) -> dict | None:
+    try:
+      example = decode_record(self.source[int(index)])
+      if "latent" in example:   # a stored sample: a point mass
+        example["latent_mean"] = example.pop("latent")
+        example["latent_logvar"] = np.full_like(example["latent_mean"], -30.0)
+      example["label"] = np.int32(example.get("label", -1))
+      return example
+    except (LatentRecordError, RuntimeError) as error:   # RuntimeError: riegeli's checksum / framing errors
+      self.skips.skip("corrupt_record", f"record {index}", f"{type(error).__name__}: {error}")
+      return None
+
+
+def latent_dataset(directory: str | pathlib.Path, skips: SkipCounter | None = None) -> grain.MapDataset:
   """Examples {'latent_mean', 'latent_logvar' float32 [h, w, c], 'label', 'key', 'caption'} of every
   complete shard under `directory`, in shard order. A stored sample becomes mean with logvar -inf
-  clipped (a point mass)."""
-  source = grain.sources.ArrayRecordDataSource(shard_paths(directory))
-
-  def parse(record: bytes) -> dict:
-    example = decode_record(record)
-    if "latent" in example:
-      example["latent_mean"] = example.pop("latent")
-      example["latent_logvar"] = np.full_like(example["latent_mean"], -30.0)
-    example["label"] = np.int32(example["label"])
-    return example
-
-  return grain.MapDataset.source(source).map(parse)
+  clipped (a point mass). Corrupt records are None until `to_iter_dataset()` drops them."""
+  source = open_shards(shard_paths(directory))
+  skips = SkipCounter(f"latents {directory}") if skips is None else skips
+  return grain.MapDataset.range(len(source)).map(_Records(source, skips))

@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from latent_diffusion import image_grid
-from latent_diffusion.evaluation import digit_pairs, metrics, statistics
+from latent_diffusion.evaluation import (digit_pairs, inpainting, layout, metrics, semantic, statistics,
+                                        super_resolution)
 
 
 class Request(NamedTuple):
@@ -197,6 +198,11 @@ EVALUATORS: dict[str, EvaluatorType] = {
         lambda cfg, results, ctx, suffix: {f"clip_score{suffix}": float(results["samples"])}),
     # The text quickstart's judge; it draws its own samples from prompts (no streamed source).
     "digit_pairs": EvaluatorType(lambda cfg, ctx: {}, digit_pairs.evaluate_digit_pairs),
+    # The task judges (config.evaluate.tasks); each conditions the model on held-out examples itself.
+    "inpainting": EvaluatorType(lambda cfg, ctx: {}, inpainting.evaluate_inpainting),
+    "semantic": EvaluatorType(lambda cfg, ctx: {}, semantic.evaluate_semantic),
+    "layout": EvaluatorType(lambda cfg, ctx: {}, layout.evaluate_layout),
+    "super_resolution": EvaluatorType(lambda cfg, ctx: {}, super_resolution.evaluate_super_resolution),
     "sample_grid": EvaluatorType(
         lambda cfg, ctx: {"samples": Request(cfg.samples, "pixels", "images", "class_grid",
                                              ctx.config.evaluate.grid_columns)}, _sample_grid),

@@ -77,8 +77,8 @@ def describe(config, workdir: pathlib.Path | None, mesh, text_source: str | None
 
   params holds 'autoencoder' (the trained one under workdir/autoencoder; none when workdir is None, for
   tests of the step) and, when fine-tuning, the imported 'unet'; scale_factor is the imported one or
-  None (fixed when training starts). text_source overrides the text conditioner's source (sampling
-  reads prompts: 'caption').
+  None (fixed when training starts: `with_scale_factor`). text_source overrides the text conditioner's
+  source (sampling reads prompts: 'caption').
   """
   height, width = data.image_shape(config.data)
   if config.ldm.init_from:
@@ -91,16 +91,19 @@ def describe(config, workdir: pathlib.Path | None, mesh, text_source: str | None
                                              remat_policy=config.ldm.model.remat_policy),
                          conditioning, f"ldm.init_from={config.ldm.init_from}")
     f = imported.vae_scale
+    conditioning = conditioning.with_first_stage(imported.autoencoder, imported.params["autoencoder"],
+                                                 imported.scale_factor)
     return dataclasses.replace(
         imported, unet=unet, conditioning=conditioning,
         latent_shape=(height // f, width // f, imported.latent_shape[2]),
         params={"unet": imported.params["unet"], "autoencoder": imported.params["autoencoder"]})
-  conditioning = conditioning_lib.from_config(config, text_source)
   if workdir is None:
     ae, first_stage = autoencoder.build_model(config), {}
   else:
     ae, ae_params = autoencoder.load_params(config, workdir, mesh)
     first_stage = {"autoencoder": ae_params}
+  conditioning = conditioning_lib.from_config(config, text_source).with_first_stage(
+      ae, first_stage.get("autoencoder"), None)
   unet = UNet(out_channels=config.autoencoder.model.embed_dim, **config.ldm.model, **conditioning.unet_fields())
   f = autoencoder.downsampling_factor(config)
   sample = config.sample
@@ -113,9 +116,15 @@ def describe(config, workdir: pathlib.Path | None, mesh, text_source: str | None
       params=first_stage)
 
 
+def with_scale_factor(model: LatentDiffusion, scale_factor: float) -> LatentDiffusion:
+  """`model` with its latent scale fixed, conditioners in the first stage's space bound to it."""
+  conditioning = model.conditioning.with_first_stage(model.autoencoder, model.params.get("autoencoder"), scale_factor)
+  return dataclasses.replace(model, scale_factor=scale_factor, conditioning=conditioning)
+
+
 def encode_split(config, model: LatentDiffusion, split: str, batch_size: int = 256) -> dict[str, np.ndarray]:
-  """Posterior mean / logvar [N, h, w, c] of every image of a split, plus its other fields; with text
-  source 'context', also the frozen text encoder's outputs of its captions.
+  """Posterior mean / logvar [N, h, w, c] of every image of a split, plus its other fields (the images too when
+  a conditioner reads pixels); with text source 'context', also the frozen text encoder's outputs of its captions.
 
   One compiled encoder call per batch; the last batch is padded so that it compiles once.
   """
@@ -125,7 +134,8 @@ def encode_split(config, model: LatentDiffusion, split: str, batch_size: int = 2
   columns: dict[str, list] = {}
   for batch in data.make_dataset(config.data, split).to_iter_dataset().batch(batch_size):
     n = len(batch["image"])
-    images = np.pad(batch.pop("image"), [(0, batch_size - n)] + [(0, 0)] * 3)
+    images = np.pad(batch["image"] if model.conditioning.reads_image else batch.pop("image"),
+                    [(0, batch_size - n)] + [(0, 0)] * 3)
     posterior = jax.device_get(encode(model.params["autoencoder"], images))
     for name, value in {"latent_mean": posterior.mean[:n], "latent_logvar": posterior.logvar[:n], **batch}.items():
       columns.setdefault(name, []).append(np.asarray(value))
@@ -143,6 +153,10 @@ def raw_latents(config, model: LatentDiffusion) -> grain.MapDataset:
   """Examples {'latent_mean', 'latent_logvar' [h, w, c], other record fields}: the shards of
   latent_diffusion.encode under config.ldm.latents_path, or config.data encoded here in memory."""
   if config.ldm.latents_path:
+    if model.conditioning.reads_image:
+      raise ValueError(f"{model.conditioning.describe()} conditioning reads each image's pixels, which latent shards "
+                       f"(config.ldm.latents_path={config.ldm.latents_path}) do not hold: leave latents_path unset to "
+                       f"encode config.data in memory.")
     return latent_shards.latent_dataset(config.ldm.latents_path)
   return data.from_arrays(encode_split(config, model, "train"))
 
@@ -162,7 +176,7 @@ class PrepareExample(grain.transforms.Map):
 
 def std_scale_factor(latents: grain.MapDataset, rng: jax.Array, batch_size: int) -> float:
   """LDM's scale_by_std: 1 / std of posterior samples of the first training batch."""
-  first = [latents[i] for i in range(min(batch_size, len(latents)))]
+  first = [ex for ex in (latents[i] for i in range(min(batch_size, len(latents)))) if ex is not None]  # None: corrupt
   posterior = DiagonalGaussian(mean=np.stack([ex["latent_mean"] for ex in first]),
                                logvar=np.stack([ex["latent_logvar"] for ex in first]))
   return float(1.0 / jnp.std(posterior.sample(rng)))
@@ -171,7 +185,7 @@ def std_scale_factor(latents: grain.MapDataset, rng: jax.Array, batch_size: int)
 def make_train_step(model: LatentDiffusion, tx, scale_factor: float, ema_decay: float,
                     microbatches: int = 1) -> loop.StepFn:
   """step(state, batch, rng, frozen) -> (state, metrics); `frozen` = the conditioning's frozen params."""
-  fields = model.conditioning.input_fields()
+  fields = model.conditioning.batch_fields()
 
   def loss_fn(params, batch: dict, rng: jax.Array, frozen: dict):
     z_rng, t_rng, noise_rng, drop_rng, dropout_rng = jax.random.split(rng, 5)
@@ -238,6 +252,7 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
   else:
     scale_factor = config.ldm.scale_factor
   logging.info("ldm: latent scale factor %.5f.", scale_factor)
+  model = with_scale_factor(model, scale_factor)
   tx, state, shardings = init_state(config, model, mesh, jax.random.fold_in(rng, 2))
   frozen, frozen_shardings = frozen_params(model, mesh, config.mesh)
   from latent_diffusion.evaluation import periodic  # pylint: disable=import-outside-toplevel  (it imports this module)
@@ -269,8 +284,9 @@ def _sampling_model(config, workdir: pathlib.Path, mesh) -> LatentDiffusion:
 def _evaluated_model(model: LatentDiffusion, scale_factor: float, state) -> LatentDiffusion:
   """`model` with a training state's EMA weights (for evaluation during training)."""
   conditioner = conditioning_lib.merge_params(state.ema_params.get("conditioner", {}), model.params["conditioner"])
-  return dataclasses.replace(model, scale_factor=scale_factor, params={
-      "unet": state.ema_params["unet"], "autoencoder": model.params["autoencoder"], "conditioner": conditioner})
+  return with_scale_factor(dataclasses.replace(model, params={
+      "unet": state.ema_params["unet"], "autoencoder": model.params["autoencoder"], "conditioner": conditioner}),
+      scale_factor)
 
 
 def run_config(workdir: pathlib.Path):
@@ -287,7 +303,7 @@ def load_trained(workdir: pathlib.Path, mesh=None, config=None) -> LatentDiffusi
   saved_config, meta = run_config(workdir)
   config = saved_config if config is None else config
   mesh = parallel.make_mesh(config.mesh) if mesh is None else mesh
-  model = describe(config, workdir, mesh, text_source="caption")
+  model = with_scale_factor(describe(config, workdir, mesh, text_source="caption"), meta["scale_factor"])
   init = trainable_init_fn(model)
   shardings = parallel.state_shardings(init, mesh, config.mesh, jax.random.key(0))
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -296,4 +312,4 @@ def load_trained(workdir: pathlib.Path, mesh=None, config=None) -> LatentDiffusi
   frozen, _ = frozen_params(model, mesh, config.mesh)
   params = {"unet": ema["unet"], "autoencoder": model.params["autoencoder"],
             "conditioner": conditioning_lib.merge_params(ema.get("conditioner", {}), frozen)}
-  return dataclasses.replace(model, scale_factor=meta["scale_factor"], params=params)
+  return dataclasses.replace(model, params=params)

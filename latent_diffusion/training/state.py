@@ -102,13 +102,37 @@ def accumulated_gradients(loss_fn: LossFn, params, batch: dict, rng: jax.Array, 
                                 batch, microbatches)
 
 
+# Metric a guarded step reports: 1.0 if its update was skipped as non-finite, else 0.0.
+NONFINITE_METRIC = "nonfinite_step"
+
+
+def finite_update(metrics: dict, grads) -> jax.Array:
+  """bool []: every metric (the loss among them) and the global gradient norm are finite."""
+  values = [jnp.isfinite(optax.global_norm(grads))] + [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]
+  return jnp.stack(values).all()
+
+
+def keep_if_not_finite(finite: jax.Array, updated, previous):
+  """`updated` if `finite` else `previous`, leaf by leaf, except that the step counter advances either
+  way (the batch was consumed): a non-finite step leaves parameters, EMA and optimizer state as they were.
+  One select per leaf inside the jitted step (XLA fuses it into the update): no host sync."""
+  kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, previous)
+  return kept.replace(step=updated.step)
+
+
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, ema_decay: float, microbatches: int = 1):
   """step(state, batch, rng) -> (state, metrics): gradients (accumulated over microbatches), AdamW, EMA.
-  The step's key is fold_in(rng, state.step)."""
+
+  The step's key is fold_in(rng, state.step). Guarded: if the loss, another metric or the gradient
+  norm is not finite, the update is skipped (see keep_if_not_finite) and metrics[NONFINITE_METRIC] = 1;
+  the loop counts such steps and stops after loop.max_consecutive_nonfinite_steps of them in a row.
+  """
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     grads, metrics = accumulated_gradients(loss_fn, state.params, batch, jax.random.fold_in(rng, state.step),
                                            microbatches)
-    return apply_gradients(state, grads, tx, ema_decay), metrics
+    finite = finite_update(metrics, grads)
+    state = keep_if_not_finite(finite, apply_gradients(state, grads, tx, ema_decay), state)
+    return state, {**metrics, NONFINITE_METRIC: 1.0 - finite.astype(jnp.float32)}
   return train_step
 
 

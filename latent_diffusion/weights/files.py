@@ -2,10 +2,12 @@
 
 safetensors is parsed here (8-byte little-endian header length, JSON header, raw bytes) so that a
 truncated or corrupt file is reported with the tensor it breaks on, and bfloat16 / float16 files
-load through ml_dtypes. PyTorch pickles (.ckpt/.bin/.pt) need torch and load with weights_only.
+load through ml_dtypes; it refuses everything the `safetensors` library refuses (fuzz-tested).
+PyTorch pickles (.ckpt/.bin/.pt) need torch and load with weights_only.
 """
 
 import json
+import math
 import pathlib
 import struct
 
@@ -39,8 +41,47 @@ def weights_file(folder: str | pathlib.Path, names: tuple[str, ...], what: str) 
   return require_file(folder / names[0], f"{what} ({' or '.join(names)})")
 
 
+# The safetensors format's own limit on the JSON header (the Rust reference refuses larger ones).
+MAX_SAFETENSORS_HEADER_BYTES = 100_000_000
+
+
+def _safetensors_layout(header: dict, data_bytes: int, bad) -> list[tuple[str, np.dtype, list[int], int, int]]:
+  """[(name, dtype, shape, start, end)] of a parsed header, checked as strictly as the reference
+  implementation: known dtype, shape of non-negative ints, byte count = elements x item size, and
+  offsets that tile the data section exactly (sorted, contiguous from 0, no overlap, no gap, no tail)."""
+  layout = []
+  for name, info in header.items():
+    if not isinstance(info, dict):
+      raise bad(f"entry {name!r} is {type(info).__name__}, not an object")
+    if info.get("dtype") not in _DTYPES:
+      raise bad(f"tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    integers = lambda v: isinstance(v, list) and all(type(x) is int and x >= 0 for x in v)  # bool is not an int here
+    if not integers(shape):
+      raise bad(f"tensor {name!r} has shape {shape!r}, not a list of non-negative integers")
+    if not integers(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
+      raise bad(f"tensor {name!r} has data_offsets {offsets!r}, not [begin, end] with begin <= end")
+    dtype = np.dtype(_DTYPES[info["dtype"]])
+    if offsets[1] - offsets[0] != math.prod(shape) * dtype.itemsize:
+      raise bad(f"tensor {name!r} of shape {shape} {info['dtype']} spans {offsets[1] - offsets[0]} bytes, "
+                f"not {math.prod(shape) * dtype.itemsize}")
+    layout.append((name, dtype, shape, offsets[0], offsets[1]))
+  end = 0
+  for name, _, _, start, stop in sorted(layout, key=lambda t: (t[3], t[4])):
+    if start != end:
+      raise bad(f"tensor {name!r} starts at data byte {start}, where {end} was expected (overlap or gap)")
+    end = stop
+  if end != data_bytes:
+    raise bad(f"the tensors cover {end} data bytes but the file holds {data_bytes} (truncated, or trailing bytes)")
+  return layout
+
+
 def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-  """name -> array of a .safetensors file (memory-mapped, read-only)."""
+  """name -> array of a .safetensors file (memory-mapped, read-only).
+
+  As strict as the `safetensors` library (tests/robustness/test_hostile_files.py fuzzes both): any
+  violation of the format is a WeightImportError naming the file and the tensor it breaks on.
+  """
   path = require_file(path, "safetensors file")
   size = path.stat().st_size
   bad = lambda why: WeightImportError(f"{path} is not a valid safetensors file ({why}); it may be truncated or "
@@ -49,27 +90,25 @@ def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     raise bad(f"{size} bytes, shorter than the 8-byte header length")
   with open(path, "rb") as f:
     (header_len,) = struct.unpack("<Q", f.read(8))
+    if header_len > MAX_SAFETENSORS_HEADER_BYTES:
+      raise bad(f"header length {header_len} exceeds the format's limit of {MAX_SAFETENSORS_HEADER_BYTES} bytes")
     if 8 + header_len > size:
       raise bad(f"header of {header_len} bytes runs past the end of the {size}-byte file")
-    try:
-      header = json.loads(f.read(header_len))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-      raise bad(f"header is not JSON: {e}") from None
-  header.pop("__metadata__", None)
-  data = np.memmap(path, np.uint8, mode="r") if size > 8 + header_len else np.zeros(0, np.uint8)
-  tensors = {}
-  for name, info in header.items():
-    if info.get("dtype") not in _DTYPES:
-      raise bad(f"tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
-    start, end = (8 + header_len + offset for offset in info["data_offsets"])
-    if end > size:
-      raise bad(f"tensor {name!r} needs bytes {start}..{end} but the file has {size}")
-    dtype = np.dtype(_DTYPES[info["dtype"]])
-    count = int(np.prod(info["shape"], dtype=np.int64))
-    if (end - start) != count * dtype.itemsize:
-      raise bad(f"tensor {name!r} of shape {info['shape']} {info['dtype']} spans {end - start} bytes")
-    tensors[name] = data[start:end].view(dtype).reshape(info["shape"])
-  return tensors
+    text = f.read(header_len)
+  try:
+    header = json.loads(text.decode("utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    raise bad(f"header is not UTF-8 JSON: {e}") from None
+  if not isinstance(header, dict):
+    raise bad(f"header is a JSON {type(header).__name__}, not an object")
+  metadata = header.pop("__metadata__", {})
+  if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+    raise bad("__metadata__ is not an object of strings")
+  data_start = 8 + header_len
+  layout = _safetensors_layout(header, size - data_start, bad)
+  data = np.memmap(path, np.uint8, mode="r") if size > data_start else np.zeros(0, np.uint8)
+  return {name: data[data_start + start:data_start + stop].view(dtype).reshape(shape)
+          for name, dtype, shape, start, stop in layout}
 
 
 def write_safetensors(tensors: dict[str, np.ndarray], path: str | pathlib.Path,

@@ -26,7 +26,8 @@ _DIFFUSERS_VERSION = "0.42.1"
 _COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
-def _load_diffusers_model(folder: pathlib.Path, module_from_config, rules_fn, abstract_fn):
+def load_diffusers_model(folder: pathlib.Path, module_from_config, rules_fn, abstract_fn):
+  """(module, params, config.json dict) of one diffusers model folder (config.json + diffusion_pytorch_model.*)."""
   config = files.read_json(folder / "config.json", f"{folder.name} config")
   module = module_from_config(config)
   state = files.read_checkpoint(files.weights_file(folder, _DIFFUSERS_WEIGHTS, f"{folder.name} weights"))
@@ -36,7 +37,7 @@ def _load_diffusers_model(folder: pathlib.Path, module_from_config, rules_fn, ab
 
 def load_diffusers_vae(folder: str | pathlib.Path) -> tuple[nn.Module, Any, dict]:
   """(module, params, config) of a diffusers AutoencoderKL / VQModel folder (e.g. a pipeline's vae/)."""
-  return _load_diffusers_model(
+  return load_diffusers_model(
       pathlib.Path(folder), autoencoder_weights.from_diffusers_config, autoencoder_weights.diffusers_rules,
       lambda m, c: autoencoder_weights.abstract_params(m, 8 * 2 ** (len(c["block_out_channels"]) - 1)))
 
@@ -63,7 +64,7 @@ def load_diffusers(folder: str | pathlib.Path) -> LatentDiffusion:
   if absent:
     raise ValueError(f"{folder / 'model_index.json'} lacks the components {absent}; a text-to-image pipeline "
                      f"needs {list(_COMPONENTS)}.")
-  unet, unet_params, unet_config = _load_diffusers_model(
+  unet, unet_params, unet_config = load_diffusers_model(
       folder / "unet", unet_weights.from_diffusers_config, unet_weights.diffusers_rules,
       lambda m, c: unet_weights.abstract_params(m, c["sample_size"], c["in_channels"]))
   vae, vae_params, vae_config = load_diffusers_vae(folder / "vae")

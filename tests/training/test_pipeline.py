@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from latent_diffusion import generation, parallel, pipeline
+from latent_diffusion.preemption import PREEMPTED_EXIT_CODE
 from latent_diffusion.training import ldm
 from latent_diffusion.training.autoencoder import load_params as load_autoencoder
 from latent_diffusion.training.checkpoint import StageCheckpoints
@@ -74,38 +76,69 @@ def _checkpoint_steps(directory: pathlib.Path) -> list[int]:
   return sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit()) if directory.exists() else []
 
 
-def test_killed_training_resumes_exactly_from_last_checkpoint(tmp_path):
-  steps = 150
-  command = lambda workdir: [
-      sys.executable, "-m", "latent_diffusion.train", "--config=configs/tiny.py", f"--workdir={workdir}",
-      "--config.stages=('autoencoder',)", "--config.autoencoder.loop.checkpoint_every_steps=10",
-      f"--config.autoencoder.loop.train_steps={steps}", "--config.autoencoder.loop.eval_every_steps=1000"]
-  killed = tmp_path / "killed"
-  checkpoints = killed / "autoencoder" / "checkpoints"
-  job = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  try:
-    deadline = time.time() + 240
-    while len(_checkpoint_steps(checkpoints)) < 2 and time.time() < deadline and job.poll() is None:
-      time.sleep(0.2)
-  finally:
-    os.kill(job.pid, signal.SIGKILL)
-    job.wait()
-  killed_at = StageCheckpoints(checkpoints).latest_step()
-  assert killed_at is not None and 10 <= killed_at < steps, "the run was not killed mid-way"
-  resumed = subprocess.run(command(killed), capture_output=True, text=True, timeout=300)
+_STEPS = 60
+
+
+def _train_command(workdir):
+  return [sys.executable, "-m", "latent_diffusion.train", "--config=configs/tiny.py", f"--workdir={workdir}",
+          "--config.stages=('autoencoder',)", "--config.autoencoder.loop.checkpoint_every_steps=10",
+          f"--config.autoencoder.loop.train_steps={_STEPS}", "--config.autoencoder.loop.eval_every_steps=1000"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_autoencoder(tmp_path_factory, cached_compiles_env):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  run = subprocess.run(_train_command(workdir), capture_output=True, timeout=300, env=cached_compiles_env)
+  assert run.returncode == 0
+  return workdir
+
+
+def _interrupt(workdir, signum, env, until) -> tuple[int, str]:
+  """Starts the job, sends `signum` once until(checkpoint steps) holds; returns (exit code, its log)."""
+  checkpoints = workdir / "autoencoder" / "checkpoints"
+  log = workdir.parent / f"{workdir.name}.{signum}.log"
+  with open(log, "w") as stderr:
+    job = subprocess.Popen(_train_command(workdir), stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+    try:
+      deadline = time.time() + 240
+      while not until(_checkpoint_steps(checkpoints)) and time.time() < deadline and job.poll() is None:
+        time.sleep(0.2)
+    finally:
+      os.kill(job.pid, signum)
+      job.wait(timeout=300)
+  return job.returncode, log.read_text()
+
+
+def test_preempted_then_killed_training_resumes_exactly(tmp_path, uninterrupted_autoencoder, cached_compiles_env):
+  """The user's bad day on the tiny config. SIGTERM mid-run: a checkpoint at the step the job stopped at
+  (not the last periodic one: 0 steps lost) and exit code 75. The rerun resumes from exactly there and is
+  SIGKILLed: the next rerun resumes from its last periodic checkpoint and ends bitwise equal to an
+  uninterrupted run."""
+  workdir, env = tmp_path / "run", cached_compiles_env
+  checkpoints = workdir / "autoencoder" / "checkpoints"
+  code, log = _interrupt(workdir, signal.SIGTERM, env, until=lambda steps: len(steps) >= 2)
+  assert code == PREEMPTED_EXIT_CODE, log[-3000:]
+  match = re.search(r"autoencoder: preempted \(SIGTERM\); stopped cleanly at step (\d+)\.", log)
+  assert match, log[-3000:]
+  stopped = int(match.group(1))
+  assert 20 <= stopped < _STEPS and _checkpoint_steps(checkpoints)[-1] == stopped
+
+  code, log = _interrupt(workdir, signal.SIGKILL, env, until=lambda steps: steps and steps[-1] > stopped)
+  assert code == -signal.SIGKILL and f"autoencoder: resumed from checkpoint at step {stopped}." in log
+  killed_at = StageCheckpoints(checkpoints, read_only=True).latest_step()
+  assert stopped < killed_at < _STEPS, "the run was not killed mid-way"
+
+  resumed = subprocess.run(_train_command(workdir), capture_output=True, text=True, timeout=300, env=env)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"autoencoder: resumed from checkpoint at step {killed_at}." in resumed.stderr
-  uninterrupted = tmp_path / "uninterrupted"
-  assert subprocess.run(command(uninterrupted), capture_output=True, timeout=300).returncode == 0
-
-  a = json.loads((killed / "metrics.json").read_text())["autoencoder"]
-  b = json.loads((uninterrupted / "metrics.json").read_text())["autoencoder"]
-  assert a["train_steps"] == b["train_steps"] == steps
-  assert a["train_loss_last"] == b["train_loss_last"]  # the same batches and keys after the resume
+  a = json.loads((workdir / "metrics.json").read_text())["autoencoder"]
+  b = json.loads((uninterrupted_autoencoder / "metrics.json").read_text())["autoencoder"]
+  assert a["train_steps"] == b["train_steps"] == _STEPS
+  assert a["train_loss_last"] == b["train_loss_last"]  # the same batches and keys after the resumes
   assert a["val_psnr_db"] == b["val_psnr_db"]
   config = tiny_config()
   mesh = parallel.make_mesh(config.mesh)
-  _, params_a = load_autoencoder(config, killed, mesh)
-  _, params_b = load_autoencoder(config, uninterrupted, mesh)
+  _, params_a = load_autoencoder(config, workdir, mesh)
+  _, params_b = load_autoencoder(config, uninterrupted_autoencoder, mesh)
   for leaf_a, leaf_b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_array_equal(leaf_a, leaf_b)  # bitwise on CPU

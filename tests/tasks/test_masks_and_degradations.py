@@ -1,0 +1,72 @@
+"""Random inpainting masks (coverage statistics) and super-resolution degradations (parity with torch's
+antialiased bicubic, which reproduces Pillow's; blur against a plain NumPy Gaussian; per-step noise levels)."""
+
+import jax
+import numpy as np
+import torch
+
+from latent_diffusion.conditioning import LowResConditioner, masks
+from latent_diffusion.data import degradations
+
+
+def test_mask_coverage_statistics():
+  options = masks.MaskOptions(full_prob=0.1, empty_prob=0.05)
+  draw = jax.jit(masks.random_masks, static_argnums=(1, 2, 3, 4))          # as in the train step: compiled
+  drawn = np.asarray(draw(jax.random.key(0), 4000, 32, 32, options))[..., 0]
+  assert set(np.unique(drawn)) == {0.0, 1.0}
+  coverage = drawn.mean(axis=(1, 2))
+  full, empty = coverage == 1.0, coverage == 0.0
+  assert abs(full.mean() - 0.1) < 0.015 and abs(empty.mean() - 0.05) < 0.012, (full.mean(), empty.mean())
+  partial = coverage[~full & ~empty]
+  # Boxes and strokes (never nothing): about a fifth of the image on average, from a sliver to about half of it.
+  assert 0.15 < partial.mean() < 0.3 and np.percentile(partial, 5) > 0.02 and np.percentile(partial, 99) > 0.4
+  # Every pixel is masked about as often (no corner the generator never reaches), and masks are not all alike.
+  per_pixel = drawn[~full & ~empty].mean(axis=0)
+  assert per_pixel.min() > 0.05 and per_pixel.max() < 0.45
+  assert len({m.tobytes() for m in drawn[~full & ~empty]}) >= 0.995 * (~full & ~empty).sum()
+  # The same options at another size look the same: sizes are fractions of the shorter side, so a 64 x 96 image
+  # (1.5 squares of that side) has the masked area of a 32 x 32 one in units of side^2.
+  large = np.asarray(draw(jax.random.key(1), 1000, 64, 96, options))
+  large_coverage = large.mean(axis=(1, 2, 3))
+  assert abs(1.5 * large_coverage[large_coverage % 1 != 0].mean() - partial.mean()) < 0.02
+
+
+def test_bicubic_matches_torch_antialiased_bicubic():
+  x = np.random.default_rng(0).uniform(-1, 1, (32, 48, 3)).astype(np.float32)
+  ours = degradations.bicubic_downsample(x, 4)
+  theirs = torch.nn.functional.interpolate(torch.from_numpy(x.transpose(2, 0, 1)[None]), size=(8, 12),
+                                           mode="bicubic", antialias=True)[0].numpy().transpose(1, 2, 0)
+  assert ours.shape == (8, 12, 3)
+  assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) <= 1e-5
+  up = degradations.bicubic_upsample(ours, 4)
+  theirs = torch.nn.functional.interpolate(torch.from_numpy(ours.transpose(2, 0, 1)[None]), size=(32, 48),
+                                           mode="bicubic", antialias=True)[0].numpy().transpose(1, 2, 0)
+  assert np.linalg.norm(up - theirs) / np.linalg.norm(theirs) <= 1e-5
+
+
+def test_blur_matches_a_numpy_gaussian_and_degrade_composes():
+  x = np.random.default_rng(1).uniform(-1, 1, (16, 16, 2)).astype(np.float32)
+  sigma = 1.3
+  radius = int(4.0 * sigma + 0.5)                                   # scipy's truncate=4
+  kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+  kernel /= kernel.sum()
+  padded = np.pad(x, ((radius, radius), (radius, radius), (0, 0)), mode="symmetric")
+  rows = np.stack([np.tensordot(padded[i:i + 2 * radius + 1], kernel, axes=(0, 0)) for i in range(16)])
+  expected = np.stack([np.tensordot(rows[:, j:j + 2 * radius + 1], kernel, axes=(1, 0)) for j in range(16)], axis=1)
+  np.testing.assert_allclose(degradations.gaussian_blur(x, sigma), expected, atol=1e-5)
+  np.testing.assert_allclose(degradations.degrade(x, 4, sigma), degradations.bicubic_downsample(expected, 4), atol=1e-5)
+  np.testing.assert_array_equal(degradations.degrade(x, 2), degradations.bicubic_downsample(x, 2))
+  flat = np.full((16, 16, 3), 0.25, np.float32)
+  np.testing.assert_allclose(degradations.degrade(flat, 4, 2.0), 0.25, atol=1e-6)
+
+
+def test_low_res_noise_is_drawn_per_example_and_step():
+  conditioner = LowResConditioner(3, noise_std=0.2, factor=4)
+  low = np.zeros((2000, 4, 4, 3), np.float32)
+  noisy = np.asarray(conditioner.train_inputs({"low_res": low}, jax.random.key(0))["low_res"])
+  stds = noisy.reshape(2000, -1).std(axis=1)
+  # std ~ U(0, 0.2) per example: mean 0.1, spread over the whole range; E[noise^2] = 0.2^2 / 3.
+  assert abs(stds.mean() - 0.1) < 0.01 and stds.min() < 0.02 and stds.max() > 0.18
+  assert abs(np.mean(noisy**2) - 0.04 / 3) < 0.001
+  again = np.asarray(conditioner.train_inputs({"low_res": low}, jax.random.key(1))["low_res"])
+  assert not np.allclose(noisy, again)
