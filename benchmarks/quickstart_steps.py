@@ -6,7 +6,8 @@
                                                                                 # the frozen text encoder in the step
 
 Prints and writes benchmarks/results/steps_<config name>.json: compile seconds, then the median of
-`--repeats` timed runs (after warm-up) as steps/s and examples/s. Peers and larger workloads are
+`--repeats` timed runs (after warm-up) as steps/s and examples/s, and XLA's cost-model FLOPs of the stage-2
+step (independent of the machine's load). Peers and larger workloads are
 the subject of the benchmark suite (issue 5).
 """
 
@@ -55,12 +56,12 @@ def main(argv):
   bs = config.data.batch_size
   results = []
 
-  ae_model, ae_tx, ae_state, _ = autoencoder.init_state(config, mesh, rng)
-  ae_step = jax.jit(autoencoder.make_train_step(ae_model, config.autoencoder.loss, ae_tx, 0.99))
+  stage1, ae_state, _ = autoencoder.init_state(config, mesh, rng)
+  ae_step = jax.jit(autoencoder.make_train_step(stage1))
   height, width = data.image_shape(config.data)
   shape = (bs, height, width, config.autoencoder.model.in_channels)
   images = {"image": jnp.asarray(np.random.default_rng(0).uniform(-1, 1, shape), jnp.float32)}
-  step = lambda s: ae_step(s, images, rng)[0]
+  step = lambda s: ae_step(s, images, rng, {"lpips": None})[0]   # the benchmark's stage 1 has no LPIPS
   results.append(summary("autoencoder_train_step", *timed(step, ae_state, repeats=repeats), bs))
 
   model = ldm.describe(config, None, mesh)
@@ -73,11 +74,13 @@ def main(argv):
   step = lambda s: unet_step(s, latents, rng, frozen)[0]
   results.append(summary(f"ldm_train_step ({model.conditioning.describe()})", *timed(step, state, repeats=repeats),
                          bs))
+  cost = unet_step.lower(state, latents, rng, frozen).compile().cost_analysis()
+  results[-1]["gflops"] = round((cost[0] if isinstance(cost, list) else cost)["flops"] / 1e9, 2)
 
   sampling = ldm.describe(config, None, mesh, text_source="caption")      # sampling reads prompts
   sampling_frozen, _ = ldm.frozen_params(sampling, mesh, config.mesh)
   bundle = dataclasses.replace(sampling, scale_factor=1.0, params={
-      "unet": state.ema_params["unet"], "autoencoder": ae_state.ema_params, "conditioner": sampling_frozen})
+      "unet": state.ema_params["unet"], "autoencoder": ae_state.eval_params, "conditioner": sampling_frozen})
   generator = generation.Generator(bundle)
   n = config.sample.batch_size
   request = {"label": np.arange(n, dtype=np.int32) % config.data.num_classes} if "class" in model.conditioning else \
