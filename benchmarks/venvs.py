@@ -5,7 +5,7 @@ Each peer `NAME` has `benchmarks/peers/NAME.txt`; its environment lives in
 sees it and the project's own `.venv` is never touched. An environment is rebuilt when its
 requirement file changes (a copy of the file is kept next to it as the stamp).
 
-  python benchmarks/venvs.py [NAME ...]     # build (or check) the environments
+  python benchmarks/venvs.py [NAME ...]     # build (or check) the environments ('aot': aot_python)
 """
 
 import os
@@ -27,14 +27,39 @@ def python_for(name: str) -> pathlib.Path:
   requirements = PEERS_DIR / f"{name}.txt"
   if not requirements.is_file():
     raise FileNotFoundError(f"no pinned requirements for peer {name!r}: {requirements}")
-  venv = home() / "venvs" / name
+  return _built(home() / "venvs" / name, requirements)
+
+
+def aot_python() -> pathlib.Path:
+  """The interpreter of the AOT environment (benchmarks/aot.py): this interpreter's packages plus libtpu.
+
+  A venv whose site-packages also reads ours (a .pth file) and adds what requirements-aot.txt pins beyond them
+  (libtpu, ~200 MB), so that our own venv never loads libtpu: with it, every JAX process probes for TPU
+  chips at start-up. Lives at $LATENT_DIFFUSION_AOT_VENV (default <home()>/venvs/aot).
+  """
+  venv = pathlib.Path(os.environ.get("LATENT_DIFFUSION_AOT_VENV", home() / "venvs" / "aot")).expanduser()
+  ours = [p for p in sys.path if p.endswith("site-packages") and pathlib.Path(p).is_dir()]
+  return _built(venv, AOT_REQUIREMENTS, overlay=ours)
+
+
+AOT_REQUIREMENTS = pathlib.Path(__file__).resolve().parent / "requirements-aot.txt"
+
+
+def _built(venv: pathlib.Path, requirements: pathlib.Path, overlay: list[str] | None = None) -> pathlib.Path:
+  """venv's python after installing `requirements` (skipped when its stamp says they are installed); `overlay`:
+  site-packages folders the venv also reads (pip then installs only what they lack)."""
   python = venv / "bin" / "python"
   stamp = venv / "requirements.txt"
-  wanted = requirements.read_text()
+  wanted = requirements.read_text() + "".join(f"# overlay {p}\n" for p in overlay or [])
   if python.exists() and stamp.exists() and stamp.read_text() == wanted:
     return python
   print(f"[venvs] building {venv} from {requirements.name}", file=sys.stderr, flush=True)
-  subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+  base = pathlib.Path(sys.base_prefix) / "bin" / "python3"
+  subprocess.run([str(base if overlay else sys.executable), "-m", "venv", "--clear", str(venv)], check=True)
+  if overlay:
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    (pathlib.Path(site) / "_overlay.pth").write_text("".join(p + "\n" for p in overlay))
   subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(requirements)], check=True)
   stamp.write_text(wanted)
   return python
@@ -42,7 +67,7 @@ def python_for(name: str) -> pathlib.Path:
 
 def main(names: list[str]) -> None:
   for name in names or sorted(p.stem for p in PEERS_DIR.glob("*.txt")):
-    print(name, python_for(name))
+    print(name, aot_python() if name == "aot" else python_for(name))
 
 
 if __name__ == "__main__":

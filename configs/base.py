@@ -297,6 +297,15 @@ def get_config() -> ml_collections.ConfigDict:
           dtype="float32",
           # Rematerialise each ResNet / attention block in the backward pass: none | dots | full.
           remat_policy="none",
+          # Attention kernel (models/attention.py): auto | xla | cpu_blocked | cudnn | splash. auto = cpu_blocked (our
+          # blocked flash-style kernel) on CPU, xla (jax.nn.dot_product_attention) on TPU / GPU; cudnn = cuDNN's fused
+          # attention (GPU, bf16 / fp16); splash = Pallas TPU splash attention. An AOT compile for TPU on a CPU host
+          # (benchmarks/aot.py) must name it: auto there means the CPU's.
+          attention_impl="auto",
+          # Dense-layer matmul (models/layers.py): auto | xla | cpu_flat. cpu_flat = the custom VJP that avoids a
+          # transposed copy on XLA:CPU (it computes in the layer dtype, no precision / preferred_element_type); xla =
+          # lax.dot_general left to autodiff. auto = cpu_flat on CPU, xla elsewhere.
+          linear_impl="auto",
       ),
       diffusion=dict(
           # Beta schedule by name: linear | scaled_linear | cosine.

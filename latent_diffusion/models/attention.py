@@ -6,7 +6,8 @@ are read and written several times per block. Inside, queries are kept [BN, T, H
 values transposed to [BN, H, S], the operand layouts for which XLA:CPU's small-head matmuls run
 fastest (up to 20x faster than other orders; benchmarks/ablate_attention.py). The custom VJP saves
 only (q, k, v, out, logsumexp); the backward pass recomputes each block's scores, as flash
-attention does. Accelerators keep jax.nn.dot_product_attention, which XLA / cuDNN fuse natively.
+attention does. Accelerators use jax.nn.dot_product_attention, which XLA / cuDNN fuse natively, or a Pallas kernel:
+`dot_product_attention` dispatches on an explicit `impl` (config.ldm.model.attention_impl).
 """
 
 import jax
@@ -133,8 +134,36 @@ def _attention_bwd(residuals, d_out):
 blocked_attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-  """Attention [B, T, N, H] with the fastest formulation for the default backend (see module doc)."""
-  if jax.default_backend() == "cpu":
+# config.ldm.model.attention_impl: the attention kernel. 'auto' picks by the backend the step is traced for.
+ATTENTION_IMPLS = ("auto", "xla", "cpu_blocked", "cudnn", "splash")
+
+
+def resolve_attention_impl(impl: str) -> str:
+  """`impl` with 'auto' replaced by the default of jax.default_backend(): cpu_blocked on CPU, else xla.
+
+  (An AOT compile for a TPU topology runs on a CPU host: it must name its kernel, not rely on 'auto'.)
+  """
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"Unknown attention_impl {impl!r} (config.ldm.model.attention_impl); known: {ATTENTION_IMPLS}.")
+  if impl == "auto":
+    return "cpu_blocked" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "auto") -> jax.Array:
+  """softmax(q k^T / sqrt(H)) v for q [B, T, N, H], k and v [B, S, N, H] -> [B, T, N, H], by kernel `impl`:
+
+  xla          jax.nn.dot_product_attention as XLA lowers it (fuses natively on TPU / GPU);
+  cpu_blocked  blocked_attention above (this module's CPU kernel);
+  cudnn        jax.nn.dot_product_attention(implementation='cudnn'): cuDNN's fused flash attention (GPU, fp16/bf16);
+  splash       Pallas TPU splash attention (latent_diffusion.models.splash; TPU, or Pallas interpret mode).
+  """
+  impl = resolve_attention_impl(impl)
+  if impl == "cpu_blocked":
     return blocked_attention(q, k, v)
+  if impl == "cudnn":
+    return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+  if impl == "splash":
+    from latent_diffusion.models import splash  # pylint: disable=import-outside-toplevel  (Pallas TPU, loaded on use)
+    return splash.splash_attention(q, k, v)
   return jax.nn.dot_product_attention(q, k, v)

@@ -59,6 +59,25 @@ def _linear_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_e
   return linear(lhs, rhs)
 
 
+# config.ldm.model.linear_impl: how dense layers differentiate. 'cpu_flat' = `linear` above (XLA:CPU); 'xla' =
+# lax.dot_general left to autodiff, with the layer's precision / preferred_element_type; 'auto' by the backend.
+LINEAR_IMPLS = ("auto", "xla", "cpu_flat")
+
+
+def resolve_linear_impl(impl: str) -> str:
+  """`impl` with 'auto' replaced by the default of jax.default_backend(): cpu_flat on CPU, else xla."""
+  if impl not in LINEAR_IMPLS:
+    raise ValueError(f"Unknown linear_impl {impl!r} (config.ldm.model.linear_impl); known: {LINEAR_IMPLS}.")
+  if impl == "auto":
+    return "cpu_flat" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
+def matmul(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:
+  """x [..., C] @ kernel [C, F] by `impl` (LINEAR_IMPLS)."""
+  return linear(x, kernel) if resolve_linear_impl(impl) == "cpu_flat" else jnp.dot(x, kernel)
+
+
 def _dense_inits(names: tuple[str, str], zero_init: bool = False):
   """(kernel_init, bias_init) of a dense layer with logical axes `names` (bias: the output axis)."""
   init = _zeros if zero_init else nn.initializers.lecun_normal()
@@ -66,9 +85,11 @@ def _dense_inits(names: tuple[str, str], zero_init: bool = False):
 
 
 def dense(features: int, names: tuple[str, str] = ("embed", "mlp"), *, name: str, dtype: Dtype,
-          use_bias: bool = True, zero_init: bool = False) -> nn.Dense:
+          use_bias: bool = True, zero_init: bool = False, linear_impl: str = "auto") -> nn.Dense:
   kernel_init, bias_init = _dense_inits(names, zero_init)
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name, dot_general=_linear_dot_general,
+  flat = resolve_linear_impl(linear_impl) == "cpu_flat"
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
+                  dot_general=_linear_dot_general if flat else jax.lax.dot_general,
                   kernel_init=kernel_init, bias_init=bias_init)
 
 
@@ -92,10 +113,11 @@ class DenseWeights(nn.Module):
     return kernel, self.param("bias", bias_init, (self.features,)) if self.use_bias else None
 
 
-def dense_together(x: jax.Array, weights: list[tuple[jax.Array, jax.Array | None]], dtype: Dtype) -> list[jax.Array]:
+def dense_together(x: jax.Array, weights: list[tuple[jax.Array, jax.Array | None]], dtype: Dtype,
+                   linear_impl: str = "auto") -> list[jax.Array]:
   """[x @ kernel + bias for each (kernel, bias)] computed as one matmul over the concatenated kernels."""
   kernel = jnp.concatenate([k for k, _ in weights], axis=1).astype(dtype)
-  y = linear(x.astype(dtype), kernel)
+  y = matmul(x.astype(dtype), kernel, linear_impl)
   if weights[0][1] is not None:
     y = y + jnp.concatenate([b for _, b in weights]).astype(dtype)
   sizes = [k.shape[1] for k, _ in weights]
@@ -139,6 +161,7 @@ class ResnetBlock(nn.Module):
   eps: float = 1e-5
   dtype: Dtype = jnp.float32
   output_scale_factor: float = 1.0
+  linear_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
@@ -149,7 +172,7 @@ class ResnetBlock(nn.Module):
       h = nn.silu(norm2(h))
     else:
       width = 2 * self.out_channels if self.use_scale_shift_norm else self.out_channels
-      emb = dense(width, name="time_emb_proj", dtype=self.dtype)(nn.silu(temb))[:, None, None, :]
+      emb = dense(width, name="time_emb_proj", dtype=self.dtype, linear_impl=self.linear_impl)(nn.silu(temb))[:, None, None, :]
       if self.use_scale_shift_norm:
         scale, shift = jnp.split(emb, 2, axis=-1)
         h = nn.silu(norm2(h) * (1.0 + scale) + shift)
@@ -191,19 +214,25 @@ class MultiHeadAttention(nn.Module):
   head_dim: int
   qkv_bias: bool = False
   dtype: Dtype = jnp.float32
+  # Kernels (attention.ATTENTION_IMPLS, LINEAR_IMPLS; 'auto' = by backend).
+  attention_impl: str = "auto"
+  linear_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
     inner = self.num_heads * self.head_dim
     weights = lambda name, a: DenseWeights(inner, ("embed", "heads"), self.qkv_bias, name=name)(a.shape[-1])
     if context is None:                              # q, k and v in one matmul
-      q, k, v = dense_together(x, [weights(name, x) for name in ("to_q", "to_k", "to_v")], self.dtype)
+      q, k, v = dense_together(x, [weights(name, x) for name in ("to_q", "to_k", "to_v")], self.dtype,
+                               self.linear_impl)
     else:
-      q, = dense_together(x, [weights("to_q", x)], self.dtype)
-      k, v = dense_together(context, [weights(name, context) for name in ("to_k", "to_v")], self.dtype)
+      q, = dense_together(x, [weights("to_q", x)], self.dtype, self.linear_impl)
+      k, v = dense_together(context, [weights(name, context) for name in ("to_k", "to_v")], self.dtype,
+                            self.linear_impl)
     heads = lambda a: a.reshape(a.shape[:2] + (self.num_heads, self.head_dim))  # [B, T, N, H]
-    out = dot_product_attention(heads(q), heads(k), heads(v))                # [B, T, N, H]
-    return dense(x.shape[-1], ("heads", "embed"), name="to_out", dtype=self.dtype)(out.reshape(x.shape[:2] + (inner,)))
+    out = dot_product_attention(heads(q), heads(k), heads(v), self.attention_impl)  # [B, T, N, H]
+    out_proj = dense(x.shape[-1], ("heads", "embed"), name="to_out", dtype=self.dtype, linear_impl=self.linear_impl)
+    return out_proj(out.reshape(x.shape[:2] + (inner,)))
 
 
 class AttentionBlock(nn.Module):
@@ -219,13 +248,15 @@ class AttentionBlock(nn.Module):
   dtype: Dtype = jnp.float32
   norm: bool = True
   output_scale_factor: float = 1.0
+  attention_impl: str = "auto"
+  linear_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     y = group_norm(self.groups, self.eps, name="group_norm", dtype=self.dtype)(x) if self.norm else x
-    out = MultiHeadAttention(self.num_heads, self.head_dim, qkv_bias=True, dtype=self.dtype, name="attention")(
-        y.reshape(b, h * w, c))
+    out = MultiHeadAttention(self.num_heads, self.head_dim, qkv_bias=True, dtype=self.dtype, name="attention",
+                             attention_impl=self.attention_impl, linear_impl=self.linear_impl)(y.reshape(b, h * w, c))
     return (x + out.reshape(b, h, w, c)) / self.output_scale_factor
 
 
@@ -234,12 +265,13 @@ class GEGLU(nn.Module):
   dim_out: int
   mult: int = 4
   dtype: Dtype = jnp.float32
+  linear_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     inner = x.shape[-1] * self.mult
-    a, gate = jnp.split(dense(2 * inner, name="proj_in", dtype=self.dtype)(x), 2, axis=-1)
-    out = dense(self.dim_out, ("mlp", "embed"), name="proj_out", dtype=self.dtype)
+    a, gate = jnp.split(dense(2 * inner, name="proj_in", dtype=self.dtype, linear_impl=self.linear_impl)(x), 2, axis=-1)
+    out = dense(self.dim_out, ("mlp", "embed"), name="proj_out", dtype=self.dtype, linear_impl=self.linear_impl)
     return out(a * gelu(gate))
 
 
@@ -248,13 +280,17 @@ class BasicTransformerBlock(nn.Module):
   num_heads: int
   head_dim: int
   dtype: Dtype = jnp.float32
+  attention_impl: str = "auto"
+  linear_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
-    attn = lambda name: MultiHeadAttention(self.num_heads, self.head_dim, dtype=self.dtype, name=name)
+    attn = lambda name: MultiHeadAttention(self.num_heads, self.head_dim, dtype=self.dtype, name=name,
+                                           attention_impl=self.attention_impl, linear_impl=self.linear_impl)
     x = x + attn("attn1")(layer_norm(1e-5, name="norm1", dtype=self.dtype)(x))
     x = x + attn("attn2")(layer_norm(1e-5, name="norm2", dtype=self.dtype)(x), context)
-    return x + GEGLU(x.shape[-1], dtype=self.dtype, name="ff")(layer_norm(1e-5, name="norm3", dtype=self.dtype)(x))
+    ff = GEGLU(x.shape[-1], dtype=self.dtype, name="ff", linear_impl=self.linear_impl)
+    return x + ff(layer_norm(1e-5, name="norm3", dtype=self.dtype)(x))
 
 
 class SpatialTransformer(nn.Module):
@@ -269,6 +305,8 @@ class SpatialTransformer(nn.Module):
   groups: int = 32
   eps: float = 1e-6
   dtype: Dtype = jnp.float32
+  attention_impl: str = "auto"
+  linear_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
@@ -276,14 +314,16 @@ class SpatialTransformer(nn.Module):
     inner = self.num_heads * self.head_dim
     y = group_norm(self.groups, self.eps, name="norm", dtype=self.dtype)(x)
     if self.use_linear_projection:
-      y = dense(inner, name="proj_in", dtype=self.dtype)(y.reshape(b, h * w, c))
+      y = dense(inner, name="proj_in", dtype=self.dtype, linear_impl=self.linear_impl)(y.reshape(b, h * w, c))
     else:
       y = conv(inner, kernel=1, padding=0, name="proj_in", dtype=self.dtype)(y).reshape(b, h * w, inner)
     for i in range(self.depth):
-      block = BasicTransformerBlock(self.num_heads, self.head_dim, dtype=self.dtype, name=f"transformer_blocks_{i}")
+      block = BasicTransformerBlock(self.num_heads, self.head_dim, dtype=self.dtype, name=f"transformer_blocks_{i}",
+                                    attention_impl=self.attention_impl, linear_impl=self.linear_impl)
       y = block(y, context)
     if self.use_linear_projection:
-      y = dense(c, ("mlp", "embed"), name="proj_out", dtype=self.dtype)(y).reshape(b, h, w, c)
+      y = dense(c, ("mlp", "embed"), name="proj_out", dtype=self.dtype, linear_impl=self.linear_impl)(y)
+      y = y.reshape(b, h, w, c)
     else:
       y = conv(c, kernel=1, padding=0, name="proj_out", dtype=self.dtype)(y.reshape(b, h, w, inner))
     return x + y

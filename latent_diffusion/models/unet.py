@@ -57,6 +57,10 @@ class UNet(nn.Module):
   # Compute dtype (e.g. bfloat16 on TPU/GPU); parameters stay float32.
   dtype: Dtype = jnp.float32
   remat_policy: str = "none"
+  # Kernels: attention (models.attention.ATTENTION_IMPLS) and dense-layer gradients (layers.LINEAR_IMPLS);
+  # 'auto' picks by jax.default_backend() (CPU kernels on CPU, XLA's elsewhere).
+  attention_impl: str = "auto"
+  linear_impl: str = "auto"
 
   def _block(self, cls, static_argnums: tuple[int, ...] = ()):
     """`cls`, or `cls` rematerialised by remat_policy (static_argnums count self as 0)."""
@@ -88,10 +92,14 @@ class UNet(nn.Module):
     heads, head_dim = self._heads(h.shape[-1], level)
     if self.context_dim is None:
       return self._block(AttentionBlock)(heads, head_dim, groups=self.groups, eps=self.eps, dtype=self.dtype,
-                                         name=name, **mid)(h)
+                                         name=name, **mid, **self._kernels())(h)
     return self._block(SpatialTransformer)(heads, head_dim, depth=self.transformer_depth,
                                            use_linear_projection=self.use_linear_projection,
-                                           groups=self.groups, dtype=self.dtype, name=name)(h, context)
+                                           groups=self.groups, dtype=self.dtype, name=name,
+                                           **self._kernels())(h, context)
+
+  def _kernels(self) -> dict:
+    return {"attention_impl": self.attention_impl, "linear_impl": self.linear_impl}
 
   def _check_inputs(self, x, context, y, concat):
     channels = x.shape[-1] + (0 if concat is None else concat.shape[-1])
@@ -119,8 +127,9 @@ class UNet(nn.Module):
     self._check_inputs(x, context, y, concat)
     mc = self.model_channels
     temb = timestep_embedding(jnp.broadcast_to(t, x.shape[:1]), mc, self.flip_sin_to_cos, self.freq_shift)
-    temb = dense(4 * mc, name="time_embed_0", dtype=self.dtype)(temb)
-    temb = dense(4 * mc, ("mlp", "embed"), name="time_embed_1", dtype=self.dtype)(nn.silu(temb))
+    temb = dense(4 * mc, name="time_embed_0", dtype=self.dtype, linear_impl=self.linear_impl)(temb)
+    temb = dense(4 * mc, ("mlp", "embed"), name="time_embed_1", dtype=self.dtype, linear_impl=self.linear_impl)(
+        nn.silu(temb))
     if self.num_classes is not None:
       table = nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed"))
       temb = temb + nn.Embed(self.num_classes, 4 * mc, embedding_init=table, dtype=self.dtype, name="label_emb")(y)
@@ -129,7 +138,7 @@ class UNet(nn.Module):
 
     resnet = self._block(ResnetBlock, static_argnums=(3,))   # (self, x, temb, deterministic)
     res = lambda ch, name, scale=1.0: resnet(ch, self.dropout, self.use_scale_shift_norm, self.groups,
-                                             self.eps, self.dtype, scale, name=name)
+                                             self.eps, self.dtype, scale, self.linear_impl, name=name)
     h = conv(mc, name="conv_in", dtype=self.dtype)(x)
     skips, rate = [h], 1
     for level, mult in enumerate(self.channel_mult):

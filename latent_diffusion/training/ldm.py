@@ -72,13 +72,15 @@ def _checked_unet(unet: UNet, conditioning, where: str) -> UNet:
   return unet
 
 
-def describe(config, workdir: pathlib.Path | None, mesh, text_source: str | None = None) -> LatentDiffusion:
+def describe(config, workdir: pathlib.Path | None, mesh, text_source: str | None = None,
+             text_encoder: tuple | None = None) -> LatentDiffusion:
   """Stage 2's model as a bundle: modules, conditioning, schedule and the first stage's weights.
 
   params holds 'autoencoder' (the trained one under workdir/autoencoder; none when workdir is None, for
   tests of the step) and, when fine-tuning, the imported 'unet'; scale_factor is the imported one or
   None (fixed when training starts: `with_scale_factor`). text_source overrides the text conditioner's
-  source (sampling reads prompts: 'caption').
+  source (sampling reads prompts: 'caption'). text_encoder = (tokenizer, encoder module, params) stands in for a
+  pretrained text encoder without encoder_path (benchmarks/aot.py: a CLIP-sized module with abstract weights).
   """
   height, width = data.image_shape(config.data)
   if config.ldm.init_from:
@@ -87,8 +89,9 @@ def describe(config, workdir: pathlib.Path | None, mesh, text_source: str | None
     pipeline_text = None if config.ldm.conditioning.text.encoder_path else (text.tokenizer, text.encoder,
                                                                             text.encoder_params)
     conditioning = conditioning_lib.from_config(config, text_source, pipeline_text)
-    unet = _checked_unet(imported.unet.clone(dtype=config.ldm.model.dtype,
-                                             remat_policy=config.ldm.model.remat_policy),
+    m = config.ldm.model
+    unet = _checked_unet(imported.unet.clone(dtype=m.dtype, remat_policy=m.remat_policy,
+                                             attention_impl=m.attention_impl, linear_impl=m.linear_impl),
                          conditioning, f"ldm.init_from={config.ldm.init_from}")
     f = imported.vae_scale
     conditioning = conditioning.with_first_stage(imported.autoencoder, imported.params["autoencoder"],
@@ -102,7 +105,7 @@ def describe(config, workdir: pathlib.Path | None, mesh, text_source: str | None
   else:
     ae, ae_params = autoencoder.load_params(config, workdir, mesh)
     first_stage = {"autoencoder": ae_params}
-  conditioning = conditioning_lib.from_config(config, text_source).with_first_stage(
+  conditioning = conditioning_lib.from_config(config, text_source, text_encoder).with_first_stage(
       ae, first_stage.get("autoencoder"), None)
   unet = UNet(out_channels=config.autoencoder.model.embed_dim, **config.ldm.model, **conditioning.unet_fields())
   f = autoencoder.downsampling_factor(config)

@@ -159,6 +159,15 @@ def _like(tree: Any, values: Any) -> Any:
   return {k: _like(tree[k], v) for k, v in values.items()} if isinstance(values, dict) else tree
 
 
+def _boxed_state_fn(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation):
+  """(rng, values) -> the boxed TrainState of fresh params (`values` replaced at their paths)."""
+  def init_boxed(rng, values):
+    params = _replace(init_params(rng), values)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                      opt_state=tx.init(params))
+  return init_boxed
+
+
 def create_train_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
                        rng: jax.Array, mesh, mesh_config, values: dict | None = None) -> tuple[TrainState, Any]:
   """Initialises the state under jit with sharded outputs; returns (state, state_shardings).
@@ -169,13 +178,20 @@ def create_train_state(init_params: Callable[[jax.Array], Any], tx: optax.Gradie
   unsharded state.
   """
   values = {} if values is None else values
-
-  def init_boxed(rng, values):
-    params = _replace(init_params(rng), values)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                      opt_state=tx.init(params))
-
+  init_boxed = _boxed_state_fn(init_params, tx)
   shardings = parallel.state_shardings(init_boxed, mesh, mesh_config, rng, values)
   values = jax.device_put(values, _like(shardings.params, values))
   state = jax.jit(lambda r, v: nn.unbox(init_boxed(r, v)), out_shardings=shardings)(rng, values)
+  return state, shardings
+
+
+def abstract_train_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, mesh,
+                         mesh_config) -> tuple[TrainState, Any]:
+  """(state of jax.ShapeDtypeStructs carrying their shardings, state_shardings): create_train_state's layout
+  without any array, for ahead-of-time compiles (e.g. for a TPU topology on a CPU host)."""
+  init_boxed = _boxed_state_fn(init_params, tx)
+  rng = jax.random.key(0)
+  shardings = parallel.state_shardings(init_boxed, mesh, mesh_config, rng, {})
+  shapes = jax.eval_shape(lambda r: nn.unbox(init_boxed(r, {})), rng)
+  state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
   return state, shardings

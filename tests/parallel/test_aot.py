@@ -1,0 +1,48 @@
+"""Ahead-of-time compiles of the stage-2 train step for a TPU topology (benchmarks/aot.py), in the AOT venv.
+
+The venv (benchmarks/venvs.aot_python: ours plus libtpu) is built once per machine (~15 s, cached under
+venvs.home()); the compiles run in its subprocess so that this process never loads libtpu.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import venvs  # noqa: E402  pylint: disable=wrong-import-position
+
+
+@pytest.fixture(scope="module")
+def tiny_on_v5p(cached_compiles_env) -> dict:
+  """{fsdp: report} of the tiny config's step on v5p 2x2x1 (4 chips): mesh data 4 (fsdp 1) and fsdp 4."""
+  python = venvs.aot_python()
+  env = dict(cached_compiles_env, JAX_PLATFORMS="cpu")
+  out = subprocess.run([str(python), str(ROOT / "benchmarks" / "aot.py"), f"--config={ROOT / 'configs' / 'tiny.py'}",
+                        "--topology=v5p:2x2x1", "--mesh=4,1,1", "--mesh=1,4,1"],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  reports = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  assert len(reports) == 2 and not any("error" in r for r in reports), out.stdout
+  return {r["mesh"]["fsdp"]: r for r in reports}
+
+
+def test_fsdp_4_holds_a_quarter_of_params_and_optimizer_per_chip(tiny_on_v5p):
+  one, four = tiny_on_v5p[1]["params_and_optimizer_bytes"], tiny_on_v5p[4]["params_and_optimizer_bytes"]
+  # Not exactly 1/4: GroupNorm scales / biases ('norm') and dimensions fsdp does not divide stay whole.
+  assert 0.25 <= four / one <= 0.3, (one, four)
+  # The compiled step's arguments (params, EMA, AdamW moments, the batch) shrink alike.
+  assert tiny_on_v5p[4]["hbm_arguments_gib"] / tiny_on_v5p[1]["hbm_arguments_gib"] <= 0.35
+
+
+def test_report_is_a_tpu_compile_with_cost_model_figures(tiny_on_v5p):
+  for fsdp, r in tiny_on_v5p.items():
+    assert r["device_kind"].startswith("TPU v5") and r["chips"] == 4 and r["attention"] == "xla"
+    assert r["flops"] > 0 and r["hbm_peak_gib"] > 0 and r["fits"]
+  # Data parallelism all-reduces gradients; fsdp all-gathers weights and reduce-scatters gradients instead.
+  assert tiny_on_v5p[1]["collectives"]["all-reduce"] > 0
+  assert tiny_on_v5p[4]["collectives"]["all-gather"] > 0
