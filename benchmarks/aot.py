@@ -1,7 +1,7 @@
 """Ahead-of-time compiles of our stage-2 train step for TPU topologies, on this CPU machine.
 
-  python benchmarks/aot_venv.py                      # once: the venv with libtpu (benchmarks/requirements-aot.txt)
-  JAX_PLATFORMS=cpu /work/aot-venv/bin/python benchmarks/aot.py --config=configs/sd15_v5p.py \
+  python benchmarks/venvs.py aot     # once: prints the AOT venv's python (ours + libtpu, requirements-aot.txt)
+  JAX_PLATFORMS=cpu <that python> benchmarks/aot.py --config=configs/sd15_v5p.py \
       --topology=v5p:2x2x1 [--topology=v6e:2x4 ...] [--mesh=1,-1,1 ...] [--batch=256 ...] [--remat=dots ...] \
       [--attention=splash ...] [--config.key=value ...] [--out=results.jsonl]
 
@@ -14,7 +14,7 @@ rules) for the devices of `jax.experimental.topologies.get_topology_desc`; no TP
 
   hbm_*           compiled.memory_analysis(): arguments (state + batch + frozen), outputs, temporaries, and
                   peak = arguments + outputs + temporaries - aliased (donated) bytes, vs the chip's HBM;
-  state_bytes     parameters + EMA + AdamW moments held by one chip (from the shardings);
+  params          trained parameters (all chips); state_gib: parameters + EMA + AdamW moments held by one chip;
   flops           compiled.cost_analysis()['flops'] of one chip's program (rematerialised work included);
   cost_model_s    cost_analysis()['optimal_seconds']: XLA's TPU cost model of the step, NOT a measured time;
   images_per_s_per_chip = global batch / chips / cost_model_s, and mfu = flops / cost_model_s / peak bf16;
@@ -29,7 +29,6 @@ import argparse
 import itertools
 import json
 import pathlib
-import re
 import sys
 import time
 
@@ -37,44 +36,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import topologies
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(pathlib.Path(__file__).resolve().parent), str(pathlib.Path(__file__).resolve().parents[1])]
 
+from tpu_topology import GiB, compiled_figures, topology_devices  # noqa: E402
 from latent_diffusion import configuration, parallel  # noqa: E402
 from latent_diffusion.data import tokenization  # noqa: E402
 from latent_diffusion.models.text import CLIPTextTransformer  # noqa: E402
 from latent_diffusion.training import ldm, loop  # noqa: E402
 from latent_diffusion.training.state import abstract_train_state  # noqa: E402
 from latent_diffusion.weights import text as text_weights  # noqa: E402
-
-GiB = 1 << 30
-# Per chip: HBM bytes and peak dense bf16 FLOP/s (Cloud TPU system architecture pages: v4, v5e, v5p, v6e).
-CHIPS = {"v4": (32 * GiB, 275e12), "v5e": (16 * GiB, 197e12), "v5p": (95 * GiB, 459e12), "v6e": (32 * GiB, 918e12)}
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
-_COLLECTIVE_OP = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
-
-
-def topology_devices(name: str) -> list:
-  """The devices of TPU topology `name` ('v5p:2x2x1', 'v6e:4x4', ...), compiled for by libtpu on any host."""
-  return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
-
-
-def chip_spec(topology: str) -> tuple[int, float]:
-  """(HBM bytes, peak bf16 FLOP/s) of one chip of `topology` (CHIPS by its generation prefix)."""
-  generation = topology.split(":")[0]
-  if generation not in CHIPS:
-    raise ValueError(f"No chip figures for {generation!r} (topology {topology!r}); known: {sorted(CHIPS)}.")
-  return CHIPS[generation]
-
-
-def count_collectives(hlo_text: str) -> dict[str, int]:
-  """{collective: number of such ops} in an HLO module's text (async -start ops counted once)."""
-  counts = dict.fromkeys(COLLECTIVES, 0)
-  for match in _COLLECTIVE_OP.finditer(hlo_text):
-    counts[match.group(1)] += 1
-  return counts
-
 
 def clip_text_stand_in(length: int, width: int) -> tuple:
   """(tokenizer, CLIP text module L x D, abstract weights) for ldm.describe(text_encoder=...): nothing of it
@@ -128,7 +99,8 @@ def compile_train_step(config, devices: list, context: tuple[int, int] = (77, 76
               for k, v in inputs.items()}}
   step_fn = ldm.make_train_step(model, tx, 0.18215, config.ldm.loop.ema_decay, config.ldm.optim.microbatches)
   step = loop.compile_step(step_fn, jax.random.key(0), state_shardings, mesh, config.mesh, (frozen_shardings,))
-  return step.lower(state, batch, frozen).compile(), state
+  with jax.set_mesh(mesh):           # the mesh splash attention's shard_map reads (attention_impl='splash')
+    return step.lower(state, batch, frozen).compile(), state
 
 
 def state_bytes_per_chip(state) -> int:
@@ -149,28 +121,16 @@ def report(config, topology: str, context: tuple[int, int] = (77, 768)) -> dict:
   start = time.perf_counter()
   compiled, state = compile_train_step(config, devices, context)
   compile_s = time.perf_counter() - start
-  hbm, peak_flops = chip_spec(topology)
-  mem = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
-  seconds = float(cost["optimal_seconds"])
-  chips = len(devices)
-  bs = config.data.batch_size
   m = for_tpu(config).ldm.model
   return {
-      "topology": topology, "chips": chips, "device_kind": devices[0].device_kind, "global_batch": bs,
+      "topology": topology, "global_batch": config.data.batch_size,
       "mesh": dict(zip(config.mesh.axes, parallel.make_mesh(config.mesh, devices).devices.shape)),
-      "dtype": m.dtype, "remat": m.remat_policy, "attention": m.attention_impl, "microbatches": config.ldm.optim.microbatches,
-      "compile_s": round(compile_s, 1),
-      "hbm_arguments_gib": mem.argument_size_in_bytes / GiB, "hbm_outputs_gib": mem.output_size_in_bytes / GiB,
-      "hbm_temporaries_gib": mem.temp_size_in_bytes / GiB, "hbm_peak_gib": peak / GiB, "hbm_chip_gib": hbm / GiB,
-      "fits": bool(peak <= hbm), "state_gib": state_bytes_per_chip(state) / GiB,
+      "dtype": m.dtype, "remat": m.remat_policy, "attention": m.attention_impl,
+      "microbatches": config.ldm.optim.microbatches, "compile_s": round(compile_s, 1),
+      "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))),
+      "state_gib": state_bytes_per_chip(state) / GiB,
       "params_and_optimizer_bytes": params_and_optimizer_bytes_per_chip(compiled, state),
-      "flops": float(cost["flops"]), "cost_model_s": seconds,
-      "images_per_s_per_chip": bs / chips / seconds if seconds > 0 else None,
-      "mfu": float(cost["flops"]) / seconds / peak_flops if seconds > 0 else None,
-      "collectives": count_collectives(compiled.as_text()),
+      **compiled_figures(compiled, topology, devices, config.data.batch_size),
   }
 
 

@@ -9,10 +9,10 @@ _SCHEDULER = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta
               "clip_sample": False, "prediction_type": "epsilon", "timestep_spacing": "leading"}
 
 
-def _unet(channels: list[int], context_dim: int, heads: int, latent: int) -> dict:
-  """SD-shaped UNet: cross-attention at every level but the lowest-resolution one (as SD 1.x)."""
+def _unet(channels: list[int], context_dim: int, heads: int | list[int], latent: int, **options) -> dict:
+  """SD-shaped UNet: cross-attention at every level but the lowest-resolution one (as SD 1.x / 2.x)."""
   levels = len(channels)
-  return {"_class_name": "UNet2DConditionModel", "sample_size": latent, "in_channels": 4, "out_channels": 4,
+  return {**options, "_class_name": "UNet2DConditionModel", "sample_size": latent, "in_channels": 4, "out_channels": 4,
           "down_block_types": ["CrossAttnDownBlock2D"] * (levels - 1) + ["DownBlock2D"],
           "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (levels - 1),
           "block_out_channels": channels, "layers_per_block": 2, "cross_attention_dim": context_dim,
@@ -36,6 +36,9 @@ SIZES = {
     # Stable Diffusion 1.5 shapes, for TPU / GPU runs (64x64x4 latents, 512 px images, 768-wide CLIP context).
     "sd15": dict(unet=_unet([320, 640, 1280, 1280], 768, 8, 64), vae=_vae([128, 256, 512, 512], 2, 512),
                  train_batch=32, sample_batch=4, vae_batch=8, context_tokens=77),
+    # Stable Diffusion 2 base (MLPerf Training's model): 64-channel heads, linear projections, 1024-wide context.
+    "sd2": dict(unet=_unet([320, 640, 1280, 1280], 1024, [5, 10, 20, 20], 64, use_linear_projection=True),
+                vae=_vae([128, 256, 512, 512], 2, 512), train_batch=32, sample_batch=4, vae_batch=8, context_tokens=77),
 }
 
 SAMPLE_STEPS = 50

@@ -54,3 +54,22 @@ def test_blocks_keep_scores_within_budget(monkeypatch):
   assert attention.block_shape(48, 256, 256) == (16, 256)     # groups divide the pairs
   monkeypatch.setattr(attention, "SCORE_BYTES", 1)
   assert attention.block_shape(64, 24, 1024) == (1, 12)       # halving stops once at most 16 rows
+
+
+@pytest.mark.parametrize("t, s", [(200, 200), (128, 77)])     # self-attention (q padded), cross-attention to 77 keys
+def test_splash_attention_in_interpret_mode_matches_softmax_attention(t, s):
+  """Pallas TPU splash attention run by the Pallas interpreter on the CPU: values and gradients."""
+  q, k, v = (x[:2, :, :2] for x in _inputs(t, s, seed=4))
+  splash = lambda q, k, v: attention.dot_product_attention(q, k, v, impl="splash")
+  rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+  assert rel(jax.jit(splash)(q, k, v), _reference(q, k, v)) <= 1e-5
+  cotangent = jnp.asarray(np.random.default_rng(5).normal(size=q.shape), jnp.float32)
+  grads = [jax.jit(jax.grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v) * cotangent), argnums=(0, 1, 2)))(q, k, v)
+           for f in (splash, _reference)]
+  for got, want in zip(*grads):
+    assert rel(got, want) <= 1e-5
+
+
+def test_unknown_attention_impl_is_named():
+  with pytest.raises(ValueError, match="attention_impl 'flash'.*known"):
+    attention.dot_product_attention(*_inputs(8, 8), impl="flash")

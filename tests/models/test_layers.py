@@ -54,6 +54,23 @@ def test_linear_gradients_equal_autodiff_of_a_matmul():
     layers._linear_dot_general(x, kernel.T, (((2,), (1,)), ((), ())))
 
 
+def test_linear_impls_give_the_same_block_and_gradients(random_params):
+  """A transformer block with dense layers by XLA's autodiff and by the CPU custom VJP: same values, same grads."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 6, 16)), jnp.float32)
+  context = jnp.asarray(rng.normal(size=(2, 5, 12)), jnp.float32)
+  blocks = {impl: layers.BasicTransformerBlock(num_heads=2, head_dim=8, linear_impl=impl) for impl in ("xla", "cpu_flat")}
+  params = random_params(blocks["xla"], x, context)
+  loss = lambda p, block: jnp.sum(jnp.sin(block.apply(p, x, context)))
+  (value_xla, grad_xla), (value_flat, grad_flat) = (jax.value_and_grad(loss)(params, blocks[i]) for i in blocks)
+  np.testing.assert_allclose(value_flat, value_xla, rtol=1e-6)
+  for got, want in zip(jax.tree.leaves(grad_flat), jax.tree.leaves(grad_xla)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert layers.resolve_linear_impl("auto") == "cpu_flat"       # this CPU
+  with pytest.raises(ValueError, match="linear_impl 'fast'"):
+    layers.resolve_linear_impl("fast")
+
+
 def test_gelu_is_the_exact_erf_gelu():
   x = jnp.linspace(-12.0, 12.0, 2001)
   np.testing.assert_allclose(layers.gelu(x), jax.nn.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)
