@@ -37,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path[:0] = [str(pathlib.Path(__file__).resolve().parent), str(pathlib.Path(__file__).resolve().parents[1])]
+# The repository first: its configs package, not benchmarks/configs.py, is what config files import.
+sys.path[:0] = [str(pathlib.Path(__file__).resolve().parents[1]), str(pathlib.Path(__file__).resolve().parent)]
 
 from tpu_topology import GiB, compiled_figures, topology_devices  # noqa: E402
 from latent_diffusion import configuration, parallel  # noqa: E402
@@ -46,6 +47,7 @@ from latent_diffusion.models.text import CLIPTextTransformer  # noqa: E402
 from latent_diffusion.training import ldm, loop  # noqa: E402
 from latent_diffusion.training.state import abstract_train_state  # noqa: E402
 from latent_diffusion.weights import text as text_weights  # noqa: E402
+
 
 def clip_text_stand_in(length: int, width: int) -> tuple:
   """(tokenizer, CLIP text module L x D, abstract weights) for ldm.describe(text_encoder=...): nothing of it

@@ -4,9 +4,14 @@ Needs only jax (with libtpu installed); shared by benchmarks/aot.py and benchmar
 run in different venvs.
 """
 
+import os
 import re
 
 from jax.experimental import topologies
+
+# libtpu takes /tmp/libtpu_lockfile, so that one process owns a host's chips; compiles for a topology own no chip,
+# and without this a second AOT process (another user's, a test's) fails at start-up.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 GiB = 1 << 30
 # Per chip: HBM bytes and peak dense bf16 FLOP/s (Cloud TPU system architecture pages: v4, v5e, v5p, v6e).
