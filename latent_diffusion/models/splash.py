@@ -31,7 +31,8 @@ def _kernel(heads: int, queries: int, keys: int, valid_keys: int, interpret: boo
   multi = splash.MultiHeadMask([splash.NumpyMask(mask) for _ in range(heads)])
   sizes = splash.BlockSizes(block_q=BLOCK, block_kv=BLOCK, block_kv_compute=BLOCK, block_q_dkv=BLOCK,
                             block_kv_dkv=BLOCK, block_kv_dkv_compute=BLOCK, block_q_dq=BLOCK, block_kv_dq=BLOCK)
-  return splash.make_splash_mha(multi, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+  with jax.ensure_compile_time_eval():     # the mask tables are constants, not tracers of the step being traced
+    return splash.make_splash_mha(multi, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
 def _per_device(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
