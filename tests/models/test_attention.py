@@ -18,6 +18,17 @@ def _inputs(t, s, seed=0):
   return [jnp.asarray(rng.normal(size=shape) * 2, jnp.float32) for shape in ((4, t, 3, 8), (4, s, 3, 8), (4, s, 3, 8))]
 
 
+def _assert_matches_reference(fn, q, k, v, value_tol: float, seed: int):
+  """fn(q, k, v) and its three gradients (random cotangent) within relative error of _reference's."""
+  rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+  assert rel(jax.jit(fn)(q, k, v), _reference(q, k, v)) <= value_tol
+  cotangent = jnp.asarray(np.random.default_rng(seed).normal(size=q.shape), jnp.float32)
+  grads = [jax.jit(jax.grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v) * cotangent), argnums=(0, 1, 2)))(q, k, v)
+           for f in (fn, _reference)]
+  for got, want in zip(*grads):
+    assert rel(got, want) <= 1e-5
+
+
 @pytest.mark.parametrize("t, s, score_bytes, plan", [
     (64, 64, 16 * 64 * 4, (1, 16)),           # blocks of 16 queries of one (batch, head) pair
     (64, 7, 3 * 64 * 7 * 4, (3, 64)),         # cross-attention to few keys: 3 pairs per block
@@ -28,14 +39,7 @@ def test_values_and_gradients_match_softmax_attention(t, s, score_bytes, plan, m
   monkeypatch.setattr(attention, "SCORE_BYTES", score_bytes)
   q, k, v = _inputs(t, s)
   assert attention.block_shape(q.shape[0] * q.shape[2], t, s) == plan
-  ours = attention.blocked_attention
-  rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
-  assert rel(jax.jit(ours)(q, k, v), _reference(q, k, v)) <= 1e-6
-  cotangent = jnp.asarray(np.random.default_rng(9).normal(size=q.shape), jnp.float32)
-  grads = [jax.jit(jax.grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v) * cotangent), argnums=(0, 1, 2)))(q, k, v)
-           for f in (ours, _reference)]
-  for got, want in zip(*grads):
-    assert rel(got, want) <= 1e-5
+  _assert_matches_reference(attention.blocked_attention, q, k, v, value_tol=1e-6, seed=9)
 
 
 def test_bfloat16_inputs_keep_their_dtype_and_stay_close():
@@ -61,13 +65,7 @@ def test_splash_attention_in_interpret_mode_matches_softmax_attention(t, s):
   """Pallas TPU splash attention run by the Pallas interpreter on the CPU: values and gradients."""
   q, k, v = (x[:2, :, :2] for x in _inputs(t, s, seed=4))
   splash = lambda q, k, v: attention.dot_product_attention(q, k, v, impl="splash")
-  rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
-  assert rel(jax.jit(splash)(q, k, v), _reference(q, k, v)) <= 1e-5
-  cotangent = jnp.asarray(np.random.default_rng(5).normal(size=q.shape), jnp.float32)
-  grads = [jax.jit(jax.grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v) * cotangent), argnums=(0, 1, 2)))(q, k, v)
-           for f in (splash, _reference)]
-  for got, want in zip(*grads):
-    assert rel(got, want) <= 1e-5
+  _assert_matches_reference(splash, q, k, v, value_tol=1e-5, seed=5)
 
 
 def test_unknown_attention_impl_is_named():
