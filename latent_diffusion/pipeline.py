@@ -3,7 +3,8 @@
   autoencoder  stage-1 training               -> workdir/autoencoder/
   ldm          stage-2 training on latents     -> workdir/ldm/
   evaluate     sample grid + classifier scores -> workdir/samples.png
-Every stage's figures and wall time go to workdir/metrics.json. One job per workdir (a second one
+Every stage's figures and wall time go to workdir/metrics.json; a rerun skips a stage that reached its train steps
+and keeps its figures. One job per workdir (a second one
 refuses at start, naming the holder); SIGTERM stops the running stage at a saved step (exit code 75).
 """
 
@@ -14,8 +15,11 @@ import time
 
 import jax
 
-from latent_diffusion import evaluate, parallel, preemption, workdir_lock
-from latent_diffusion.training import autoencoder, ldm
+from latent_diffusion import console, evaluate, parallel, preemption, workdir_lock
+from latent_diffusion.training import autoencoder, ldm, loop
+
+# Training stage name -> its loop options (a stage whose checkpoint reached train_steps is skipped on a rerun).
+TRAINING_LOOPS = {"autoencoder": lambda config: config.autoencoder.loop, "ldm": lambda config: config.ldm.loop}
 
 # Stage name -> fn(config, workdir, mesh) -> dict of JSON-able figures.
 STAGES = {
@@ -37,21 +41,48 @@ def run(config, workdir: str | pathlib.Path) -> dict:
     return _run_stages(config, workdir)
 
 
+def finished(config, workdir: pathlib.Path, name: str) -> int | None:
+  """The step a training stage already reached if it is at or past its configured train steps, else None."""
+  if name not in TRAINING_LOOPS:
+    return None
+  steps = loop.trained_steps(workdir / name)
+  return steps if steps is not None and steps >= TRAINING_LOOPS[name](config).train_steps else None
+
+
 def _run_stages(config, workdir: pathlib.Path) -> dict:
   mesh = parallel.make_mesh(config.mesh)
   metrics_path = workdir / "metrics.json"
   metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-  start = time.perf_counter()
   for name in config.stages:
-    logging.info("Stage %s starts.", name)
+    done = finished(config, workdir, name)
+    if done is not None and name in metrics:   # a rerun: keep the figures of the run that trained it
+      console.say(f"{name}: already trained ({done} steps); skipped, its figures in metrics.json kept.")
+      continue
+    console.say(f"{name}: starting")
     stage_start = time.perf_counter()
     figures = STAGES[name](config, workdir, mesh)
     figures["wall_time_s"] = round(time.perf_counter() - stage_start, 2)
     metrics[name] = figures
     logging.info("Stage %s done: %s", name, figures)
+    console.say(f"{name}: done in {console.duration(figures['wall_time_s'])}")
     if jax.process_index() == 0:
       metrics_path.write_text(json.dumps(metrics, indent=2))
-  metrics["total_wall_time_s"] = round(time.perf_counter() - start, 2)
+  # The stages' own wall times (a skipped stage keeps the time it took when it ran).
+  metrics["total_wall_time_s"] = round(sum(metrics[s]["wall_time_s"] for s in STAGES if s in metrics), 2)
   if jax.process_index() == 0:
     metrics_path.write_text(json.dumps(metrics, indent=2))
   return metrics
+
+
+def summary(metrics: dict, workdir: pathlib.Path) -> str:
+  """A few lines for the console: each stage's headline figures and where everything is."""
+  lines = [f"Run {workdir}:"]
+  for name in STAGES:
+    figures = metrics.get(name)
+    if not isinstance(figures, dict):
+      continue
+    shown = {k: v for k, v in figures.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    text = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in list(shown.items())[:8])
+    lines.append(f"  {name}: {text}")
+  lines.append(f"  metrics: {workdir / 'metrics.json'}; TensorBoard: tensorboard --logdir {workdir}")
+  return "\n".join(lines)
