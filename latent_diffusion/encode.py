@@ -74,21 +74,19 @@ def main(argv):
     raise app.UsageError(f"--config.data.name={config.data.name!r}: encode reads {sorted(data.IMAGE_SOURCES)}.")
   mesh = parallel.make_mesh(config.mesh)
   output = pathlib.Path(_OUTPUT.value)
-  with workdir_lock.hold(output, "encode job"):
+  with cli_flags.user_errors_as_messages(), workdir_lock.hold(output, "encode job"):
     ae, ae_params, encoder_name = load_encoder(mesh)
     check_encoder(ae, encoder_name, config.data.image_size)
     source = data.IMAGE_SOURCES[config.data.name](_INPUT.value, config.data)
     text = conditioning.text_conditioner(config, source="caption") if config.encode.text != "none" else None
-    description = {"input": _INPUT.value, "data_name": config.data.name, "autoencoder_workdir": _AUTOENCODER.value,
-                   "truncated_shards": getattr(source, "truncated_shards", []),
+    ae_workdir = str(pathlib.Path(_AUTOENCODER.value).absolute()) if _AUTOENCODER.value else None
+    description = {"input": _INPUT.value, "data_name": config.data.name, "autoencoder_workdir": ae_workdir,
+                   "truncated_shards": [str(p) for p in getattr(source, "truncated_shards", [])],
                    "run_config": json.loads(config.to_json_best_effort())}
-    try:
-      manifest = encoding.encode_to_shards(
-          source, output, ae, ae_params, image_size=config.data.image_size, encode_config=config.encode, mesh=mesh,
-          mesh_config=config.mesh, encoder_name=encoder_name, skipped_at_index=source.skipped, text=text,
-          description=description)
-    except encoding.EmptyOutputError as error:
-      raise SystemExit(f"encode: {error}") from None
+    manifest = encoding.encode_to_shards(
+        source, output, ae, ae_params, image_size=config.data.image_size, encode_config=config.encode, mesh=mesh,
+        mesh_config=config.mesh, encoder_name=encoder_name, skipped_at_index=source.skipped, text=text,
+        description=description)
   if manifest["truncated_shards"]:
     logging.warning("encode: truncated tar(s) %s: the samples after each cut are lost (a tar cannot say how many); "
                     "rewrite those shards to recover them.", manifest["truncated_shards"])

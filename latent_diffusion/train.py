@@ -23,7 +23,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.configure_logging()
   cli_flags.initialize_distributed()
-  metrics = pipeline.run(configuration.parsed_config(), _WORKDIR.value)
+  with cli_flags.user_errors_as_messages():
+    metrics = pipeline.run(configuration.parsed_config(), _WORKDIR.value)
   if jax.process_index() == 0:
     print(pipeline.summary(metrics, pathlib.Path(_WORKDIR.value)))
 
