@@ -41,12 +41,17 @@ def run(config, workdir: str | pathlib.Path) -> dict:
     return _run_stages(config, workdir)
 
 
-def finished(config, workdir: pathlib.Path, name: str) -> int | None:
-  """The step a training stage already reached if it is at or past its configured train steps, else None."""
-  if name not in TRAINING_LOOPS:
-    return None
-  steps = loop.trained_steps(workdir / name)
-  return steps if steps is not None and steps >= TRAINING_LOOPS[name](config).train_steps else None
+def finished(config, workdir: pathlib.Path, name: str, metrics: dict) -> str | None:
+  """Why stage `name` need not run again (None: it must run): a training stage at or past its train steps; the
+  evaluation of the stage-2 checkpoint it already evaluated, in a run of more stages than evaluate alone."""
+  if name in TRAINING_LOOPS:
+    steps = loop.trained_steps(workdir / name)
+    done = steps is not None and steps >= TRAINING_LOOPS[name](config).train_steps
+    return f"already trained ({steps} steps)" if done else None
+  if name == "evaluate" and len(config.stages) > 1 and "evaluate" in metrics:
+    step = metrics["evaluate"].get("ldm_step")
+    return f"already evaluated stage 2 at step {step}" if step == loop.trained_steps(workdir / "ldm") else None
+  return None
 
 
 def _run_stages(config, workdir: pathlib.Path) -> dict:
@@ -54,13 +59,15 @@ def _run_stages(config, workdir: pathlib.Path) -> dict:
   metrics_path = workdir / "metrics.json"
   metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
   for name in config.stages:
-    done = finished(config, workdir, name)
-    if done is not None and name in metrics:   # a rerun: keep the figures of the run that trained it
-      console.say(f"{name}: already trained ({done} steps); skipped, its figures in metrics.json kept.")
+    done = finished(config, workdir, name, metrics)
+    if done is not None and name in metrics:   # a rerun: keep the figures of the run that did it
+      console.say(f"{name}: {done}; skipped, its figures in metrics.json kept.")
       continue
     console.say(f"{name}: starting")
     stage_start = time.perf_counter()
     figures = STAGES[name](config, workdir, mesh)
+    if name == "evaluate":
+      figures["ldm_step"] = loop.trained_steps(workdir / "ldm")
     figures["wall_time_s"] = round(time.perf_counter() - stage_start, 2)
     metrics[name] = figures
     logging.info("Stage %s done: %s", name, figures)

@@ -14,11 +14,12 @@ import shlex
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
-from latent_diffusion import configuration, encode, parallel
-from latent_diffusion.data import latent_shards
+from latent_diffusion import configuration, encode, encoding, parallel
+from latent_diffusion.data import latent_shards, tar_shards
 from latent_diffusion.models import AutoencoderKL
 from latent_diffusion.training import ldm
 from tests.data import photo_fixtures
@@ -64,6 +65,7 @@ def journey(tmp_path_factory, cached_compiles_env):
   (root / "configs").symlink_to(REPO / "configs")
   (root / "shards").mkdir()
   expected, _ = photo_fixtures.write_shards(root / "shards", num_shards=3, per_shard=8)  # 00002.tar is truncated
+  (root / "val").mkdir()
   photo_fixtures.write_shards(root / "val", num_shards=1, per_shard=8, seed=1)
   (root / "val" / "00000.tar").rename(root / "shards" / "00003.tar")
   env = dict(cached_compiles_env, PYTHONPATH=str(REPO))
@@ -76,7 +78,9 @@ def journey(tmp_path_factory, cached_compiles_env):
                           cwd=root, env=dict(env, KILL_AT_WRITE="10", SIGNAL="SIGKILL"), capture_output=True,
                           text=True, timeout=600)
   assert killed.returncode == -9, killed.stderr[-3000:]
-  runs["stage2_on_killed_encode"] = _run(stage2, root, env)
+  with pytest.raises(latent_shards.LatentsNotReadyError) as unfinished:   # what stage 2 checks first
+    latent_shards.read_manifest(root / "latents")
+  runs["unfinished"] = str(unfinished.value)
   runs["encode"] = _run(encode_cmd, root, env)
   assert runs["encode"].returncode == 0, runs["encode"].stderr[-3000:]
   runs["stage2"] = _run(stage2, root, env)
@@ -97,24 +101,28 @@ def test_the_readme_journey_runs_as_written(journey):
 
 
 def test_stage_two_refuses_an_unfinished_encode(journey):
-  """Defect 5: a killed, not-yet-rerun encode output read as part of the data without a word."""
-  refused = journey[3]["stage2_on_killed_encode"]
-  assert refused.returncode == 1
-  assert re.search(r"LatentsNotReadyError: The encode job writing latents has not finished \(\d of 3 shards complete, "
-                   r"no manifest.json\): rerun the same latent_diffusion.encode command", refused.stderr), refused.stderr
-  assert "Traceback" not in refused.stderr
+  """Defect 5: a killed, not-yet-rerun encode output was read as part of the data without a word (stage 2 reads
+  the manifest before anything else: test_stage_two_checks_its_first_stage_and_data_before_training)."""
+  assert re.fullmatch(r"The encode job writing latents has not finished \(\d of 3 shards complete, no manifest.json\): "
+                      r"rerun the same latent_diffusion.encode command \(it resumes and redoes only the missing "
+                      r"shards\), then start stage 2.", journey[3]["unfinished"]), journey[3]["unfinished"]
 
 
-def test_an_encode_that_skips_everything_fails(journey):
+def test_an_encode_that_skips_everything_fails(journey, tmp_path):
   """Defect 5: min_size=100 skipped every photo, the job exited 0 with 0 records, stage 2 died in numpy."""
-  root, env, _, _ = journey
-  encode_cmd = _argv(readme_commands()[1])
-  empty = _run([a.replace("--output=latents/", "--output=latents_empty/") for a in encode_cmd]
-               + ["--config.encode.min_size=1000"], root, env)
-  assert empty.returncode == 1, empty.stderr[-3000:]
-  assert "EmptyOutputError: No record was encoded: all 24 samples of the input were skipped" in empty.stderr
+  root = journey[0]
+  config, _ = configuration.parse_config_args([f"--config={REPO / 'configs' / 'photo_shards.py'}:tiny",
+                                               "--config.encode.min_size=1000"])
+  mesh = parallel.make_mesh(config.mesh)
+  ae = AutoencoderKL(in_channels=3, ch=4, ch_mult=(1, 2), num_res_blocks=1, groups=2)
+  params = ae.init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))["params"]
+  source = tar_shards.TarShardSource(str(root / "shards" / "{00000..00002}.tar"))
+  with pytest.raises(encoding.EmptyOutputError, match=r"No record was encoded: all 24 samples of the input were "
+                                                      r"skipped .*config.encode.min_size=1000"):
+    encoding.encode_to_shards(source, tmp_path, ae, params, image_size=16, encode_config=config.encode, mesh=mesh,
+                              mesh_config=config.mesh, encoder_name="random", skipped_at_index=source.skipped)
   with pytest.raises(latent_shards.LatentsNotReadyError, match="holds no latent record"):
-    latent_shards.read_manifest(root / "latents_empty")
+    latent_shards.read_manifest(tmp_path)
 
 
 def test_the_manifest_describes_the_job(journey):
