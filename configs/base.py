@@ -494,7 +494,8 @@ def get_config() -> ml_collections.ConfigDict:
           fid_reconstruction=evaluator("fid", samples="reconstruction_val"),
       ),
       # Evaluators (names in evals) also run during stage-2 training every ldm.loop.eval_every_steps on the EMA
-      # weights, with this many samples per class; logged to TensorBoard and to metrics.json under 'ldm'.
+      # weights, with this many samples per class; logged to TensorBoard and to metrics.json under 'ldm'
+      # ('sample_grid' puts its grid of samples into TensorBoard's images).
       during_training=("fid",),
       training_samples_per_class=10,
       # The FID InceptionV3 (network 'inception'): the local weights file pt_inception-2015-12-05-6726825d.pth

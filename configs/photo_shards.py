@@ -45,14 +45,19 @@ def get_config(size: str = "full"):
   ldm.optim.update(lr=1e-3, warmup_steps=200)
   ldm.loop.update(train_steps=5000, ema_decay=0.995)
 
-  # The digits judges do not apply to photos: no evaluation during training, and the evaluate stage is not run.
-  config.evaluate.during_training = ()
+  # The digits judges do not apply to photos: during training only a grid of samples (to TensorBoard and
+  # samples.png), and the evaluate stage is not run.
+  config.evaluate.during_training = ("sample_grid",)
+  config.evaluate.training_samples_per_class = config.evaluate.grid_columns   # one row of the grid per "class"
+  ldm.loop.eval_every_steps = 1000
   config.sample.guidance_scale = 1.0
   if size == "tiny":
     tiny.shrink(config, steps=6, every=3, warmup=2)
     data.image_size, data.batch_size = 16, 8
     ldm.model.update(channel_mult=(1,), attention_resolutions=(1,))
     ae.eval_examples = 8
+    ldm.loop.eval_every_steps = 6
+    config.evaluate.update(grid_columns=2, training_samples_per_class=2)
     config.encode.update(batch_size=8, records_per_shard=8)
     config.sample.num_steps = 4
   return config

@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from latent_diffusion import parallel, preemption
+from latent_diffusion import console, parallel, preemption
 from latent_diffusion.data import images as image_transforms
 from latent_diffusion.data import latent_shards
 from latent_diffusion.models import AutoencoderKL
@@ -237,8 +237,8 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
   encode = make_encode_fn(ae, encode_config.output, encode_config.dtype, encode_config.seed, mesh, mesh_config)
   sharding = parallel.batch_sharding(mesh, mesh_config)
   writers = _ShardWriters(shards, encode_config.records_per_shard, output, skips)
-  logging.info("encode: %d records in %d shards; this run: %d steps of %d images (%d remaining here).",
-               len(source), len(shards), steps, global_batch, int((all_slots[process] >= 0).sum()))
+  console.say(f"encode: {len(source)} records in {len(shards)} shards; this run: {steps} steps of {global_batch} "
+              f"images ({int((all_slots[process] >= 0).sum())} remaining on process 0)")
 
   def write(local: dict, latents: dict) -> None:
     latents = {k: np.asarray(v) for k, v in multihost_utils.global_array_to_host_local_array(
@@ -275,8 +275,7 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
     pending = (local, latents)
     if done and ((step + 1) % encode_config.log_every_steps == 0 or step + 1 == steps):
       rate = done / (time.perf_counter() - start)
-      logging.info("encode: step %d/%d, %.1f images/s, ETA %.0f s", step + 1, steps, rate, (steps - step - 1) *
-                   global_batch / rate)
+      console.say(console.progress_line("encode", step + 1, steps, rate / global_batch, {"images/s": rate}))
     if preemption.reached() and step + 1 < steps:   # every process, every call: they stop at the same one
       write(*pending)
       abandoned = writers.abandon()

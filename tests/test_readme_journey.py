@@ -58,6 +58,19 @@ def _records(directory: pathlib.Path) -> list[str]:
   return [dataset[i]["key"] for i in range(len(dataset))]
 
 
+def _tensorboard_images(directory: pathlib.Path) -> dict[str, np.ndarray]:
+  """{tag: the last image [H, W, C] uint8} of the TensorBoard event files under `directory`."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel  # clu's writer needs it anyway
+
+  images = {}
+  for path in directory.rglob("events.out.tfevents*"):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name == "images":
+          images[value.tag] = tf.io.decode_png(tf.make_ndarray(value.tensor)[2]).numpy()
+  return images
+
+
 @pytest.fixture(scope="module")
 def journey(tmp_path_factory, cached_compiles_env):
   """Runs the README's commands in order; returns (root, env, expected keys, {step: CompletedProcess})."""
@@ -98,6 +111,8 @@ def test_the_readme_journey_runs_as_written(journey):
   assert len(samples) == 17 and "grid.png" in samples   # --num_images=16, plus the grid
   metrics = json.loads((root / "runs" / "photos_ldm" / "metrics.json").read_text())["ldm"]
   assert metrics["train_steps"] == 6 and np.isfinite(metrics["train_loss_last"])
+  images = _tensorboard_images(root / "runs" / "photos_ldm" / "ldm" / "tensorboard")
+  assert images.keys() == {"val/sample_grid"} and images["val/sample_grid"].ndim == 3   # the grid of samples
 
 
 def test_stage_two_refuses_an_unfinished_encode(journey):
