@@ -1,12 +1,16 @@
 """diffusers' 9-channel StableDiffusionInpaintPipeline folders: a tiny random one loads as text + inpaint
 conditioning, our Generator inpaints what diffusers inpaints (same prompts, image, mask and initial latents), and
-an export is read back by diffusers and by us unchanged."""
+an export is read back by diffusers and by us unchanged; the sampling CLI inpaints from image and mask files."""
+
+import subprocess
+import sys
 
 import diffusers
 import jax
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from latent_diffusion import generation
 from latent_diffusion.weights import pretrained
@@ -66,3 +70,20 @@ def test_inpainting_pipeline_matches_diffusers_and_round_trips(inpaint_folder, t
                                                      negative_prompt=NEGATIVE, guidance_scale=6.0)
   assert np.abs(exported_images - reference).max() <= 1e-6
 
+
+
+def test_sample_cli_inpaints_and_refuses_a_mask_of_another_size(inpaint_folder, tmp_path, cached_compiles_env):
+  image, mask, _ = _inputs()
+  Image.fromarray(((image[0] + 1) * 127.5).round().astype(np.uint8)).save(tmp_path / "image.png")
+  Image.fromarray((mask[0] * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "small_mask.png")
+  command = [sys.executable, "-m", "latent_diffusion.sample", f"--pretrained={inpaint_folder}", "--prompt=a cat",
+             f"--image={tmp_path / 'image.png'}", "--steps=2", "--num_images=2", f"--output={tmp_path / 'out'}"]
+  result = subprocess.run(command + [f"--mask={tmp_path / 'mask.png'}"], capture_output=True, text=True,
+                          timeout=600, env=cached_compiles_env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert np.asarray(Image.open(tmp_path / "out" / "0001.png")).shape == (16, 16, 3)
+  refused = subprocess.run(command + [f"--mask={tmp_path / 'small_mask.png'}"], capture_output=True, text=True,
+                           timeout=600, env=cached_compiles_env)
+  assert refused.returncode != 0
+  assert "'mask' of shape (2, 8, 8) does not fit 'image' of shape (2, 16, 16, 3)" in refused.stderr
