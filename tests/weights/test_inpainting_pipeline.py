@@ -45,8 +45,9 @@ def test_inpainting_pipeline_matches_diffusers_and_round_trips(inpaint_folder, t
   reference = sd_pipelines.diffusers_inpainted(inpaint_folder, PROMPTS, image, mask, latents, NUM_STEPS,
                                                negative_prompt=NEGATIVE, guidance_scale=6.0)
   assert ours.shape == reference.shape == (2, 16, 16, 3)
-  assert np.linalg.norm(ours - reference) / np.linalg.norm(reference) <= 1e-5
-  assert np.abs(ours - reference).max() <= 1e-4
+  relative, largest = np.linalg.norm(ours - reference) / np.linalg.norm(reference), np.abs(ours - reference).max()
+  print(f"inpainting pipeline vs diffusers: relative error {relative:.2e}, max abs {largest:.2e}")
+  assert relative <= 1e-5 and largest <= 1e-4
   # The mask matters: a different hole gives a different image (the 5 extra channels are read).
   other = dict(request, mask=1.0 - mask)
   assert np.abs(generation.Generator(model)(other, num_steps=NUM_STEPS, guidance_scale=6.0,
