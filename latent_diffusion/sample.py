@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
-from latent_diffusion import generation, image_grid
+from latent_diffusion import console, generation, image_grid
 from latent_diffusion.bundle import LatentDiffusion
 from latent_diffusion.diffusion import SAMPLERS
 from latent_diffusion.training import ldm
@@ -138,7 +138,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if (_WORKDIR.value is None) == (_PRETRAINED.value is None):
     raise app.UsageError("Give exactly one of --workdir (a trained run) and --pretrained (a diffusers folder).")
-  logging.set_verbosity(logging.INFO)
+  console.configure_logging()
   if _PRETRAINED.value:
     model, defaults = pretrained.load_diffusers(_PRETRAINED.value), {"num_steps": 50, "guidance_scale": 7.5}
     output = pathlib.Path(_OUTPUT.value or "samples")
