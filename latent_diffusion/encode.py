@@ -18,7 +18,7 @@ import pathlib
 import jax
 from absl import app, flags, logging
 
-from latent_diffusion import cli_flags, conditioning, configuration, data, encoding, parallel, preemption, workdir_lock
+from latent_diffusion import cli, cli_flags, conditioning, configuration, data, encoding, parallel, preemption, workdir_lock
 from latent_diffusion.training import autoencoder, loop
 
 _INPUT = flags.DEFINE_string("input", None, "Shard pattern (tar_shards) or class-folder root (image_folder).",
@@ -67,5 +67,10 @@ def main(argv):
   print(json.dumps(summary, indent=1))
 
 
+def run():
+  """The `ldm-encode` console script."""
+  cli.run_main(main, __name__, configuration.flags_parser)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=configuration.flags_parser)
+  run()

@@ -13,6 +13,7 @@ import pathlib
 
 from absl import app, flags, logging
 
+from latent_diffusion import cli
 from latent_diffusion.training import ldm
 from latent_diffusion.weights import pretrained
 
@@ -32,5 +33,10 @@ def main(argv):
   print(f"Wrote a diffusers StableDiffusionPipeline ({model.conditioning.describe()} conditioning) to {_OUTPUT.value}")
 
 
+def run():
+  """The `ldm-export` console script."""
+  cli.run_main(main, __name__)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -15,7 +15,7 @@ import pathlib
 import numpy as np
 from absl import app, flags, logging
 
-from latent_diffusion import generation, image_grid
+from latent_diffusion import cli, generation, image_grid
 from latent_diffusion.bundle import LatentDiffusion
 from latent_diffusion.diffusion import SAMPLERS
 from latent_diffusion.training import ldm
@@ -98,5 +98,10 @@ def main(argv):
   print(f"Wrote {len(images)} images to {output}")
 
 
+def run():
+  """The `ldm-sample` console script."""
+  cli.run_main(main, __name__)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

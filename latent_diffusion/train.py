@@ -8,7 +8,7 @@ Rerunning the same command resumes from the latest checkpoints.
 
 from absl import app, flags, logging
 
-from latent_diffusion import cli_flags, configuration, pipeline
+from latent_diffusion import cli, cli_flags, configuration, pipeline
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and metrics.json.",
                                required=True)
@@ -22,5 +22,10 @@ def main(argv):
   pipeline.run(configuration.parsed_config(), _WORKDIR.value)
 
 
+def run():
+  """The `ldm-train` console script."""
+  cli.run_main(main, __name__, configuration.flags_parser)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=configuration.flags_parser)
+  run()

@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
-from configs import base
 from latent_diffusion import configuration, pipeline
+from latent_diffusion.configs import base
 
 
 def data_config(**fields):

@@ -8,8 +8,8 @@ import ml_collections
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from configs.base import evaluator
 from latent_diffusion import pipeline
+from latent_diffusion.configs.base import evaluator
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ Evaluator 'semantic' (latent_diffusion.evaluation.semantic): a per-pixel colour 
 reads a map back from each generated image; mean IoU against the input map, at the training size and at 2x.
 """
 
-from configs import tasks_base
-from configs.base import evaluator
+from latent_diffusion.configs import tasks_base
+from latent_diffusion.configs.base import evaluator
 
 
 def get_config():

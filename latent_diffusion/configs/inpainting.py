@@ -8,8 +8,8 @@ masked; the filled image is judged for that object's shape and colour, and the k
 the autoencoder's own reconstruction error there.
 """
 
-from configs import tasks_base
-from configs.base import evaluator
+from latent_diffusion.configs import tasks_base
+from latent_diffusion.configs.base import evaluator
 
 
 def get_config():

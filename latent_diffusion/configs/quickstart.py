@@ -4,7 +4,7 @@
 (or `bash launch/quickstart.sh`, which installs the requirements first).
 """
 
-from configs import base
+from latent_diffusion.configs import base
 
 
 def get_config():

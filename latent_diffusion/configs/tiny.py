@@ -3,7 +3,7 @@
   python -m latent_diffusion.train --config=configs/tiny.py --workdir=/tmp/tiny
 """
 
-from configs import quickstart
+from latent_diffusion.configs import quickstart
 
 
 def shrink(config, steps: int, every: int, warmup: int) -> None:

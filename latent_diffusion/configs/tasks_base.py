@@ -3,7 +3,7 @@ images (coloured shapes, latent_diffusion.data.shapes, unless a task says otherw
 an LDM on 8 x 8 x 4 latents. Not a task by itself: each task picks its data, conditioning and evaluation.
 """
 
-from configs import base
+from latent_diffusion.configs import base
 
 
 def get_config():

@@ -7,8 +7,8 @@ Evaluator 'layout' (latent_diffusion.evaluation.layout): for every box of held-o
 in the requested colour there (colour and shape classifiers fit on real images)?
 """
 
-from configs import tasks_base
-from configs.base import evaluator
+from latent_diffusion.configs import tasks_base
+from latent_diffusion.configs.base import evaluator
 
 
 def get_config():

@@ -3,7 +3,7 @@
   python -m latent_diffusion.train --config=configs/tiny_text.py --workdir=/tmp/tiny_text
 """
 
-from configs import text_quickstart, tiny
+from latent_diffusion.configs import text_quickstart, tiny
 
 
 def get_config():

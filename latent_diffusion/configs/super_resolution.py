@@ -9,8 +9,8 @@ held-out crops against the originals, beside bicubic upsampling and the autoenco
 and 64 x 64.
 """
 
-from configs import tasks_base
-from configs.base import evaluator
+from latent_diffusion.configs import tasks_base
+from latent_diffusion.configs.base import evaluator
 
 
 def get_config():

@@ -9,7 +9,7 @@ The paper's LPIPS term needs local weights (nothing is downloaded):
 (with the paths alone, LPIPS is only reported as a validation metric).
 """
 
-from configs import base
+from latent_diffusion.configs import base
 
 VARIANTS = ("kl", "kl_gan", "vq", "vq_gan")
 
