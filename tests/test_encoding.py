@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from latent_diffusion import parallel
+from latent_diffusion.data import images, latent_shards, tar_shards
 from latent_diffusion.preemption import PREEMPTED_EXIT_CODE
-from latent_diffusion.data import images, latent_shards, tar_shards, tokenization
 from latent_diffusion.training import ldm
 from latent_diffusion.weights import pretrained
+from latent_diffusion.weights import tokenization
 from tests.conftest import tiny_config
 from tests import text_fixtures
 from tests.data import photo_fixtures

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from latent_diffusion.conditioning.base import Conditioner
-from latent_diffusion.parallel import box_like
-from latent_diffusion.data import tokenization
 from latent_diffusion.data.images import SkipCounter
 from latent_diffusion.models.text import BertEncoder, CLIPTextTransformer
+from latent_diffusion.parallel import box_like
+from latent_diffusion.weights import tokenization
 
 SOURCES = ("caption", "tokens", "context")
 MISSING_CAPTION = ("empty", "skip")
