@@ -153,7 +153,11 @@ def flags_parser(argv: Sequence[str]):
     _PARSED, rest = parse_config_args(argv[1:])
   except ConfigError as e:
     sys.exit(f"Config error: {e}")
-  return flags.FLAGS([argv[0]] + rest)
+  try:
+    return flags.FLAGS([argv[0]] + rest)
+  except flags.Error as error:   # e.g. a required flag left out: a usage line, not a traceback
+    sys.exit(f"Usage error: {error}\nSee {pathlib.Path(argv[0]).name} --help (run from the repository root: "
+             f"python -m latent_diffusion.<job> --help).")
 
 
 _PARSED: ml_collections.ConfigDict | None = None

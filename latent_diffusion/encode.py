@@ -18,7 +18,7 @@ import pathlib
 import jax
 from absl import app, flags, logging
 
-from latent_diffusion import cli, cli_flags, conditioning, configuration, data, encoding, parallel, preemption, workdir_lock
+from latent_diffusion import cli, cli_flags, conditioning, configuration, console, data, encoding, parallel, preemption, workdir_lock
 from latent_diffusion.training import autoencoder, loop
 
 _INPUT = flags.DEFINE_string("input", None, "Shard pattern (tar_shards) or class-folder root (image_folder).",
@@ -26,6 +26,9 @@ _INPUT = flags.DEFINE_string("input", None, "Shard pattern (tar_shards) or class
 _OUTPUT = flags.DEFINE_string("output", None, "Directory for the latent shards and manifest.json.", required=True)
 _AUTOENCODER = flags.DEFINE_string("autoencoder", None, "Workdir of a latent_diffusion.train run whose "
                                    "autoencoder (EMA weights of the latest checkpoint) encodes.")
+# Photos are decoded as RGB whatever their file's mode (latent_diffusion.data.images.DecodeImage).
+PHOTO_CHANNELS = 3
+
 _VAE = flags.DEFINE_string("vae", None, "Or: a local diffusers AutoencoderKL folder (config.json + safetensors), "
                            "e.g. the vae/ of a Stable Diffusion pipeline.")
 
@@ -47,23 +50,48 @@ def load_encoder(mesh):
   return ae, params, f"{workdir / 'autoencoder'} (latest checkpoint)"
 
 
+def check_encoder(ae, encoder_name: str, image_size: int) -> None:
+  """UsageError unless `ae` takes the photos the job decodes (RGB) at image_size (a multiple of its factor f)."""
+  if ae.in_channels != PHOTO_CHANNELS:
+    raise app.UsageError(
+        f"The encoder {encoder_name} takes {ae.in_channels}-channel images, but the photos of --input are decoded "
+        f"as {PHOTO_CHANNELS}-channel RGB. Encode with an autoencoder trained on such photos (stage 1 with "
+        f"--config.autoencoder.model.in_channels={PHOTO_CHANNELS}, see README 'Data at scale') or a --vae folder.")
+  f = 2 ** (len(ae.ch_mult) - 1)
+  if image_size % f:
+    raise app.UsageError(f"--config.data.image_size={image_size} is not a multiple of the encoder's downsampling "
+                         f"factor f={f} ({encoder_name}); choose a multiple of {f}.")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
+  console.configure_logging()
   cli_flags.initialize_distributed()
   preemption.install()
   config = configuration.parsed_config()
+  if config.data.name not in data.IMAGE_SOURCES:
+    raise app.UsageError(f"--config.data.name={config.data.name!r}: encode reads {sorted(data.IMAGE_SOURCES)}.")
   mesh = parallel.make_mesh(config.mesh)
   output = pathlib.Path(_OUTPUT.value)
-  with workdir_lock.hold(output, "encode job"):
+  with cli_flags.user_errors_as_messages(), workdir_lock.hold(output, "encode job"):
     ae, ae_params, encoder_name = load_encoder(mesh)
+    check_encoder(ae, encoder_name, config.data.image_size)
     source = data.IMAGE_SOURCES[config.data.name](_INPUT.value, config.data)
     text = conditioning.text_conditioner(config, source="caption") if config.encode.text != "none" else None
+    ae_workdir = str(pathlib.Path(_AUTOENCODER.value).absolute()) if _AUTOENCODER.value else None
+    description = {"input": _INPUT.value, "data_name": config.data.name, "autoencoder_workdir": ae_workdir,
+                   "truncated_shards": [str(p) for p in getattr(source, "truncated_shards", [])],
+                   "run_config": json.loads(config.to_json_best_effort())}
     manifest = encoding.encode_to_shards(
         source, output, ae, ae_params, image_size=config.data.image_size, encode_config=config.encode, mesh=mesh,
-        mesh_config=config.mesh, encoder_name=encoder_name, skipped_at_index=source.skipped, text=text)
-  summary = {k: manifest[k] for k in ("records", "source_records", "skipped_counts", "last_run_throughput")}
+        mesh_config=config.mesh, encoder_name=encoder_name, skipped_at_index=source.skipped, text=text,
+        description=description)
+  if manifest["truncated_shards"]:
+    logging.warning("encode: truncated tar(s) %s: the samples after each cut are lost (a tar cannot say how many); "
+                    "rewrite those shards to recover them.", manifest["truncated_shards"])
+  summary = {k: manifest[k] for k in ("records", "source_samples", "skipped_counts", "latent_shape",
+                                      "last_run_throughput")}
   print(json.dumps(summary, indent=1))
 
 

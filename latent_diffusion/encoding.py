@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from latent_diffusion import parallel, preemption
+from latent_diffusion import console, parallel, preemption
 from latent_diffusion.data import images as image_transforms
 from latent_diffusion.data import latent_shards
 from latent_diffusion.models import AutoencoderKL
@@ -188,13 +188,26 @@ def _slot_iterator(source, slots: np.ndarray, local_batch: int, steps: int, imag
   return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)))
 
 
+class EmptyOutputError(ValueError):
+  """The job finished but wrote no record (every source record was skipped)."""
+
+
+def latent_shape(ae: AutoencoderKL, ae_params, image_size: int) -> tuple[int, int, int]:
+  """(h, w, c) of the latents `ae` makes of image_size x image_size RGB images (shapes only, nothing runs)."""
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  posterior = jax.eval_shape(lambda p, x: ae.apply({"params": p}, x, method="latent_distribution"), ae_params, images)
+  return tuple(int(d) for d in posterior.mean.shape[1:])
+
+
 def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params, *, image_size: int,
                      encode_config, mesh, mesh_config, encoder_name: str, skipped_at_index: dict | None = None,
-                     text=None) -> dict:
+                     text=None, description: dict | None = None) -> dict:
   """Runs (or resumes) the job over `source` (len + getitem records); returns the manifest.
 
   text: the training run's TextConditioner; encode_config.text = 'tokens' stores its token inputs of each
   caption, 'context' also its frozen encoder's outputs (so stage 2 runs no text encoder).
+  description: more JSON-able facts for manifest.json (the input pattern, the run's config, ...).
+  Raises EmptyOutputError after writing the manifest if no record was encoded.
   """
   if encode_config.text not in TEXT_OUTPUTS:
     raise ValueError(f"config.encode.text={encode_config.text!r}; expected one of {TEXT_OUTPUTS}.")
@@ -203,6 +216,9 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
   if encode_config.output not in OUTPUTS or encode_config.dtype not in DTYPES:
     raise ValueError(f"config.encode.output={encode_config.output!r} / dtype={encode_config.dtype!r}; "
                      f"expected one of {OUTPUTS} / {DTYPES}.")
+  if not len(source):
+    raise EmptyOutputError(f"The input holds no sample with an image (skipped while indexing: "
+                           f"{ {r: len(k) for r, k in (skipped_at_index or {}).items()} }): check --input.")
   output.mkdir(parents=True, exist_ok=True)
   process, num_processes = jax.process_index(), jax.process_count()
   shards = plan_shards(len(source), encode_config.records_per_shard)
@@ -217,12 +233,12 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
   skips = image_transforms.SkipCounter("encode")
   tokenize = text.tokenize if encode_config.text != "none" else None
   batches = _slot_iterator(source, all_slots[process], local_batch, steps, image_size,
-                           encode_config.get("min_size", 0), skips, encode_config.get("num_threads", 4), tokenize)
+                           encode_config.min_size, skips, encode_config.num_threads, tokenize)
   encode = make_encode_fn(ae, encode_config.output, encode_config.dtype, encode_config.seed, mesh, mesh_config)
   sharding = parallel.batch_sharding(mesh, mesh_config)
   writers = _ShardWriters(shards, encode_config.records_per_shard, output, skips)
-  logging.info("encode: %d records in %d shards; this run: %d steps of %d images (%d remaining here).",
-               len(source), len(shards), steps, global_batch, int((all_slots[process] >= 0).sum()))
+  console.say(f"encode: {len(source)} records in {len(shards)} shards; this run: {steps} steps of {global_batch} "
+              f"images ({int((all_slots[process] >= 0).sum())} remaining on process 0)")
 
   def write(local: dict, latents: dict) -> None:
     latents = {k: np.asarray(v) for k, v in multihost_utils.global_array_to_host_local_array(
@@ -257,10 +273,9 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
     else:
       done += global_batch
     pending = (local, latents)
-    if done and ((step + 1) % encode_config.get("log_every_steps", 20) == 0 or step + 1 == steps):
+    if done and ((step + 1) % encode_config.log_every_steps == 0 or step + 1 == steps):
       rate = done / (time.perf_counter() - start)
-      logging.info("encode: step %d/%d, %.1f images/s, ETA %.0f s", step + 1, steps, rate, (steps - step - 1) *
-                   global_batch / rate)
+      console.say(console.progress_line("encode", step + 1, steps, rate / global_batch, {"images/s": rate}))
     if preemption.reached() and step + 1 < steps:   # every process, every call: they stop at the same one
       write(*pending)
       abandoned = writers.abandon()
@@ -274,8 +289,16 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
   manifest = _manifest(shards, output, encode_config, encoder_name, params_digest(ae_params),
                        skipped_at_index or {}, {"seconds_after_compile": seconds, "slots": done,
                                                 "images_per_second": done / max(seconds, 1e-9)})
+  manifest.update(image_size=image_size, latent_shape=latent_shape(ae, ae_params, image_size), **(description or {}))
   if process == 0:
-    (output / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    partial = output / "manifest.json.partial"
+    partial.write_text(json.dumps(manifest, indent=1))
+    partial.replace(output / "manifest.json")
+  if not manifest["records"]:
+    raise EmptyOutputError(
+        f"No record was encoded: all {manifest['source_samples']} samples of the input were skipped "
+        f"({manifest['skipped_counts']}; keys by reason in {output / 'manifest.json'}). Check --input and the "
+        f"filters (config.encode.min_size={encode_config.min_size}); stage 2 cannot train on an empty folder.")
   return manifest
 
 
@@ -285,7 +308,10 @@ def _manifest(shards, output, encode_config, encoder_name, digest, skipped_at_in
   for sidecar in sidecars:
     for reason, keys in sidecar["skipped"].items():
       skipped.setdefault(reason, []).extend(keys)
+  # source_records: the records the source indexed; source_samples adds those skipped while indexing (no image,
+  # cut by a truncated tar): every sample the input was seen to hold.
   return {"records": sum(s["records"] for s in sidecars), "source_records": shards[-1].stop,
+          "source_samples": shards[-1].stop + sum(len(keys) for keys in skipped_at_index.values()),
           "skipped_counts": {r: len(k) for r, k in sorted(skipped.items())}, "skipped": skipped,
           "shards": [s["shard"] for s in sidecars], "encoder": encoder_name, "encoder_sha256": digest,
           "config": json.loads(encode_config.to_json_best_effort()), "last_run_throughput": throughput}

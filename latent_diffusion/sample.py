@@ -15,7 +15,7 @@ import pathlib
 import numpy as np
 from absl import app, flags, logging
 
-from latent_diffusion import cli, generation, image_grid
+from latent_diffusion import cli, console, generation, image_grid
 from latent_diffusion.bundle import LatentDiffusion
 from latent_diffusion.diffusion import SAMPLERS
 from latent_diffusion.training import ldm
@@ -70,7 +70,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if (_WORKDIR.value is None) == (_PRETRAINED.value is None):
     raise app.UsageError("Give exactly one of --workdir (a trained run) and --pretrained (a diffusers folder).")
-  logging.set_verbosity(logging.INFO)
+  console.configure_logging()
   if _PRETRAINED.value:
     model, defaults = pretrained.load_diffusers(_PRETRAINED.value), {"num_steps": 50, "guidance_scale": 7.5}
     output = pathlib.Path(_OUTPUT.value or "samples")

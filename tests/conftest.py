@@ -4,7 +4,9 @@ import json
 import os
 import pathlib
 
+import jax
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 
 from latent_diffusion import configuration, pipeline
 from latent_diffusion.configs import base
@@ -42,10 +44,37 @@ def random_lpips(tmp_path_factory):
   return reference, vgg_path, lpips_fixtures.HEADS
 
 
+_CACHE_OPTIONS = {"jax_compilation_cache_dir": "JAX_COMPILATION_CACHE_DIR",
+                  "jax_persistent_cache_min_compile_time_secs": "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                  "jax_persistent_cache_min_entry_size_bytes": "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_compilation_cache(tmp_path_factory):
+  """One JAX persistent compilation cache for the whole session, in this process and (through os.environ) in
+  every subprocess job: the many tiny runs (a run, its killed twin and its resume; the same tiny stages in
+  several tests and processes) compile each program once and load it afterwards. The executables are the
+  same, so are the results (bitwise); each session starts empty."""
+  values = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
+            "jax_persistent_cache_min_compile_time_secs": 0.0, "jax_persistent_cache_min_entry_size_bytes": 0}
+  previous_env = {env: os.environ.get(env) for env in _CACHE_OPTIONS.values()}
+  previous = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
+  for name, value in values.items():
+    jax.config.update(name, value)
+    os.environ[_CACHE_OPTIONS[name]] = str(value)
+  compilation_cache.reset_cache()
+  yield
+  for name, value in previous.items():
+    jax.config.update(name, value)
+  for env, value in previous_env.items():
+    if value is None:
+      os.environ.pop(env, None)
+    else:
+      os.environ[env] = value
+  compilation_cache.reset_cache()
+
+
 @pytest.fixture(scope="session")
-def cached_compiles_env(tmp_path_factory) -> dict:
-  """os.environ plus a session-wide JAX persistent compilation cache, for subprocess jobs: a run, its
-  killed twin and its resume compile the same programs once (the tiny autoencoder job: 52 -> 15 CPU
-  seconds). The executables are the same, so are the results (bitwise)."""
-  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+def cached_compiles_env(session_compilation_cache) -> dict:
+  """os.environ for subprocess jobs, with the session's compilation cache (see session_compilation_cache)."""
+  return dict(os.environ)

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from latent_diffusion.weights import pretrained
 from latent_diffusion.weights import tokenization
 from tests.conftest import tiny_config
 from tests import text_fixtures
+from tests.encode_killer import KILLER
 from tests.data import photo_fixtures
 
 import torch  # noqa: E402  (pinned in requirements-test.txt: never skipped)
@@ -99,27 +99,11 @@ def test_latents_equal_the_bare_encoder_on_the_same_images(inputs, uninterrupted
     np.testing.assert_allclose(records[ex["key"]]["latent_mean"], posterior.mean[i], rtol=1e-5, atol=1e-5)
 
 
-_KILLER = textwrap.dedent("""
-    import os, signal, sys
-    from latent_diffusion.data import latent_shards
-    from latent_diffusion import encode
-    from absl import app
-    writes, kill_at, sig = [0], int(os.environ["KILL_AT_WRITE"]), getattr(signal, os.environ["SIGNAL"])
-    original = latent_shards.ShardWriter.write
-    def write(self, example):
-      writes[0] += 1
-      if writes[0] == kill_at:   # mid-shard: earlier records of this shard are in its .partial file
-        os.kill(os.getpid(), sig)
-      original(self, example)
-    latent_shards.ShardWriter.write = write
-    sys.argv = ["encode"] + sys.argv[1:]
-    app.run(encode.main, flags_parser=encode.configuration.flags_parser)
-""")
 
 
 def test_killed_mid_shard_then_rerun_equals_uninterrupted(inputs, uninterrupted, tmp_path, cached_compiles_env):
   command = _encode_command(inputs, tmp_path)
-  killed = subprocess.run([sys.executable, "-c", _KILLER, *command[3:]], capture_output=True, text=True,
+  killed = subprocess.run([sys.executable, "-c", KILLER, *command[3:]], capture_output=True, text=True,
                           timeout=600, env=dict(cached_compiles_env, KILL_AT_WRITE="8", SIGNAL="SIGKILL"))
   assert killed.returncode == -9, killed.stderr[-3000:]
   assert list(tmp_path.glob("*.partial")) and not (tmp_path / "manifest.json").exists()
@@ -141,7 +125,7 @@ def test_sigterm_abandons_the_unfinished_shard_and_the_rerun_completes_it(inputs
   completes, deletes the .partial file of any shard still unfinished and exits 75; the rerun equals
   an uninterrupted run."""
   command = _encode_command(inputs, tmp_path)
-  stopped = subprocess.run([sys.executable, "-c", _KILLER, *command[3:]], capture_output=True, text=True,
+  stopped = subprocess.run([sys.executable, "-c", KILLER, *command[3:]], capture_output=True, text=True,
                            timeout=600, env=dict(cached_compiles_env, KILL_AT_WRITE="9", SIGNAL="SIGTERM"))
   assert stopped.returncode == PREEMPTED_EXIT_CODE, stopped.stderr[-3000:]
   # 22 records in shards of 5, batches of 4 (a shard starts a batch): the 9th valid record (#9, the
@@ -162,15 +146,17 @@ def test_sigterm_abandons_the_unfinished_shard_and_the_rerun_completes_it(inputs
       np.testing.assert_array_equal(resumed[key][name], record[name])
 
 
-def test_stage_two_trains_on_the_latent_shards(uninterrupted, tmp_path):
-  # The photos have no class labels: an unconditional UNet.
-  config = tiny_config(f"ldm.latents_path={uninterrupted}", f"data.image_size={4 * IMAGE_SIZE // 2}",
-                       "ldm.loop.train_steps=4", "ldm.loop.checkpoint_every_steps=4", "data.batch_size=4",
-                       "ldm.conditioning.kinds=()")
+def test_stage_two_without_the_encoding_first_stage_is_refused_before_training(uninterrupted, tmp_path):
+  """Latents of a diffusers VAE, stage 2 from scratch in a workdir without an autoencoder: sampling would have no
+  decoder for them, so stage 2 refuses at start (the journey's stage 2 on our own autoencoder's latents trains:
+  tests/test_readme_journey.py)."""
+  config = tiny_config(f"ldm.latents_path={uninterrupted}", "data.image_size=32", "ldm.conditioning.kinds=()")
   mesh = parallel.make_mesh(config.mesh)
   assert ldm.describe(config, None, mesh).latent_shape == (IMAGE_SIZE // 2, IMAGE_SIZE // 2, 4)  # the encoder's (f=2)
-  summary = ldm.train(config, tmp_path, mesh)
-  assert summary["train_steps"] == 4 and np.isfinite(summary["train_loss_last"])
+  with pytest.raises(ValueError, match=r"Stage 2 needs a trained autoencoder: there is no checkpoint under "
+                                       rf"{tmp_path / 'autoencoder'}.*--config.ldm.autoencoder_workdir"):
+    ldm.train(config, tmp_path, mesh)
+  assert not (tmp_path / "ldm").exists()
 
 
 def test_two_processes_write_the_same_records_as_one(inputs, uninterrupted, tmp_path):

@@ -404,8 +404,13 @@ def get_config() -> ml_collections.ConfigDict:
       # VAE, text encoder, noise schedule and latent scale come from it (config.ldm.model sets only dtype and
       # remat_policy then). None: train the UNet from scratch on the autoencoder of config.autoencoder.
       init_from=ml_collections.config_dict.placeholder(str),
-      # Directory of latent shards from latent_diffusion.encode; None: encode config.data in memory.
+      # Directory of latent shards from latent_diffusion.encode; None: encode config.data in memory. Stage 2 checks
+      # before it starts that the job finished, wrote records of the configured latent shape, and that its
+      # encoder is the first stage this run samples through (autoencoder_workdir).
       latents_path=ml_collections.config_dict.placeholder(str),
+      # Workdir of the latent_diffusion.train run whose autoencoder (workdir/autoencoder/) is stage 2's first stage:
+      # it encodes in memory, and sampling decodes with it. None: this run's own workdir.
+      autoencoder_workdir=ml_collections.config_dict.placeholder(str),
       # Latent scale: if scale_by_std, 1/std of the first batch's latents (LDM); else scale_factor.
       scale_by_std=True,
       scale_factor=1.0,
@@ -489,7 +494,8 @@ def get_config() -> ml_collections.ConfigDict:
           fid_reconstruction=evaluator("fid", samples="reconstruction_val"),
       ),
       # Evaluators (names in evals) also run during stage-2 training every ldm.loop.eval_every_steps on the EMA
-      # weights, with this many samples per class; logged to TensorBoard and to metrics.json under 'ldm'.
+      # weights, with this many samples per class; logged to TensorBoard and to metrics.json under 'ldm'
+      # ('sample_grid' puts its grid of samples into TensorBoard's images).
       during_training=("fid",),
       training_samples_per_class=10,
       # The FID InceptionV3 (network 'inception'): the local weights file pt_inception-2015-12-05-6726825d.pth

@@ -12,6 +12,7 @@ it; a record that cannot be read or decoded (flipped bytes) is skipped and count
 """
 
 import glob
+import json
 import math
 import pathlib
 
@@ -145,3 +146,37 @@ def latent_dataset(directory: str | pathlib.Path, skips: SkipCounter | None = No
   source = open_shards(shard_paths(directory))
   skips = SkipCounter(f"latents {directory}") if skips is None else skips
   return grain.MapDataset.range(len(source)).map(_Records(source, skips))
+
+
+class LatentsNotReadyError(ValueError):
+  """A latents folder is missing, unfinished or empty; the message says which and what to run."""
+
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(directory: str | pathlib.Path) -> dict:
+  """The manifest.json of a finished, non-empty encode job's output `directory` (LatentsNotReadyError otherwise).
+
+  The encode job writes the manifest last, after every shard is committed: a folder without it is a job
+  that was killed and not rerun, and stage 2 would see only part of the data.
+  """
+  directory = pathlib.Path(directory)
+  rerun = "rerun the same latent_diffusion.encode command (it resumes and redoes only the missing shards)"
+  if not directory.is_dir():
+    raise LatentsNotReadyError(f"config.ldm.latents_path={directory}: no such folder; write it with "
+                               f"latent_diffusion.encode --output={directory}.")
+  path = directory / MANIFEST
+  if not path.is_file():
+    done, planned = len(list(directory.glob("latents-*.json"))), sorted(directory.glob(f"latents-*{SUFFIX}*"))
+    total = planned[0].name.split("-of-")[1].split(".")[0].lstrip("0") if planned else "?"
+    raise LatentsNotReadyError(f"The encode job writing {directory} has not finished ({done} of {total} shards "
+                               f"complete, no {MANIFEST}): {rerun}, then start stage 2.")
+  manifest = json.loads(path.read_text())
+  missing = [name for name in manifest["shards"] if not (directory / name).is_file()]
+  if missing:
+    raise LatentsNotReadyError(f"{path} lists shard(s) missing from the folder: {missing}; {rerun}.")
+  if not manifest["records"]:
+    raise LatentsNotReadyError(f"{directory} holds no latent record (the encode job skipped every sample: "
+                               f"{manifest['skipped_counts']}); encode data that has images stage 1 can read.")
+  return manifest

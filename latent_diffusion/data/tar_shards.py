@@ -174,6 +174,8 @@ class TarShardSource:
       for reason, keys in index.skipped.items():
         self.skipped[reason].extend(keys)
     self.skipped = dict(self.skipped)
+    # Shards cut short (a crashed writer): the samples after the cut are lost, and a tar cannot say how many.
+    self.truncated_shards = [path for path, index in zip(self.shards, indices) if "truncated_tar" in index.skipped]
     self._fds: dict[int, int] = {}
     self._pid = os.getpid()
 

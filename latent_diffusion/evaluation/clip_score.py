@@ -57,8 +57,8 @@ def clip_scores(image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray
 
 def _normalization(folder: pathlib.Path) -> tuple:
   path = folder / "preprocessor_config.json"
-  config = json.loads(path.read_text()) if path.is_file() else {}
-  return tuple(config.get("image_mean", OPENAI_CLIP_MEAN)), tuple(config.get("image_std", OPENAI_CLIP_STD))
+  preprocessor = json.loads(path.read_text()) if path.is_file() else {}   # transformers' file: its keys are optional
+  return tuple(preprocessor.get("image_mean", OPENAI_CLIP_MEAN)), tuple(preprocessor.get("image_std", OPENAI_CLIP_STD))
 
 
 def clip_network(ctx) -> Network:

@@ -27,13 +27,13 @@ class Sampler:
   num_steps: int
 
   @functools.cache
-  def sharded(self, sharding: NamedSharding) -> Callable:
-    """jit(params, cond_inputs, uncond_inputs, rng, guidance) -> images [B, H, W, C], split like `sharding`."""
+  def sharded(self, sharding: NamedSharding, batch: int) -> Callable:
+    """jit(params, cond_inputs, uncond_inputs, rng, guidance) -> images [batch, H, W, C], split like `sharding`
+    (the batch size is given: an unconditional model's condition inputs are empty)."""
     sample = self.generator.sample_fn(num_steps=self.num_steps)
     shape = self.generator.latent_shape(None, None)
 
     def draw(params, cond, uncond, rng, guidance_scale):
-      batch = jax.tree.leaves(cond)[0].shape[0]
       x_T = jax.random.normal(jax.random.fold_in(rng, 1), (batch, *shape), jax.numpy.float32)
       return sample(params, cond, uncond, x_T, rng, guidance_scale)
 
@@ -56,7 +56,7 @@ def generated_batches(sampler_: Sampler, labels: np.ndarray, batch_size: int, se
                       sharding: NamedSharding) -> Iterator[tuple[jax.Array, int]]:
   """(images [batch_size, H, W, C] sharded over the batch axes, number of real rows) per global batch of
   `labels` (the last batch padded by repeating its last label: one compile)."""
-  generate = sampler_.sharded(sharding)
+  generate = sampler_.sharded(sharding, batch_size)
   conditioning = sampler_.generator.model.conditioning
   to_global = lambda x: jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
   for b, start in enumerate(range(0, len(labels), batch_size)):

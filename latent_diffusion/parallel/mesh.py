@@ -31,12 +31,12 @@ def _fill(shape: list[int], n: int, what: str) -> list[int]:
 def make_mesh(mesh_config, devices: list | None = None) -> Mesh:
   """A mesh of all (or the given) devices with `mesh_config.axes`.
 
-  `shape` is the mesh inside a slice (ICI; one entry may be -1 = fill); `dcn_shape` (default all
-  1) multiplies it across slices or, off TPU, across processes: the device order then keeps each
+  `shape` is the mesh inside a slice (ICI; one entry may be -1 = fill); `dcn_shape` (all 1 in
+  configs/base.py) multiplies it across slices or, off TPU, across processes: the device order then keeps each
   ICI block on one slice / process, so collectives over ICI axes never cross the slow network.
   """
   devices = list(jax.devices()) if devices is None else list(devices)
-  dcn = [int(d) for d in mesh_config.get("dcn_shape", (1,) * len(mesh_config.shape))]
+  dcn = [int(d) for d in mesh_config.dcn_shape]
   if len(dcn) != len(mesh_config.shape) or min(dcn) < 1:
     raise ValueError(f"config.mesh.dcn_shape={tuple(dcn)} must have one entry >= 1 per axis {tuple(mesh_config.axes)}.")
   granules = int(np.prod(dcn))

@@ -220,7 +220,7 @@ def make_train_step(stage1: Stage1) -> loop.StepFn:
     rng = jax.random.fold_in(rng, state.step)
     out = state_lib.mean_over_microbatches(lambda micro, i: gradients(state, constants, micro, i, rng), batch,
                                            microbatches)
-    metrics = dict(out["metrics"])
+    metrics = {**out["metrics"], "grad_norm": optax.global_norm(out["grads"])}
     updates, opt_state = stage1.tx.update((out["grads"], out["logvar_grad"]), state.opt_state,
                                           (state.params, state.logvar))
     params, logvar = optax.apply_updates((state.params, state.logvar), updates)
@@ -281,7 +281,8 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
       dataset=train_set.map(lambda ex: {"image": ex["image"]}), batch_size=config.data.batch_size,
       rng=jax.random.fold_in(rng, 2), seed=config.seed, meta={"config": config.to_json_best_effort()},
       eval_fn=lambda s: evaluator(s.eval_params), mesh=mesh, mesh_config=config.mesh,
-      step_args=(constants,), step_args_shardings=(parallel.replicated(mesh),))
+      step_args=(constants,), step_args_shardings=(parallel.replicated(mesh),),
+      learning_rate=state_lib.learning_rate_schedule(config.autoencoder.optim, config.autoencoder.loop.train_steps))
   state, _, history = loop.train_stage(stage)
   final = evaluator(state.eval_params, with_grid=False)
   logging.info("autoencoder: validation %s", final)

@@ -69,7 +69,7 @@ class Evaluator:
       for name, value in out.items():
         columns.setdefault(name, []).append(np.asarray(value)[:len(chunk)])
       if grid_recon is None:
-        grid_recon = np.asarray(recon)[:self.grid_images]
+        grid_recon = np.asarray(recon)[:min(self.grid_images, len(chunk))]   # never the padding
     results = {name: float(np.mean(np.concatenate(values))) for name, values in columns.items() if name != "indices"}
     if self.is_vq:
       counts = np.bincount(np.concatenate(columns["indices"]).reshape(-1), minlength=self.num_codes)

@@ -13,6 +13,7 @@ an imported pipeline (config.ldm.init_from: UNet, VAE, text encoder, schedule an
 
 import dataclasses
 import functools
+import json
 import logging
 import pathlib
 
@@ -27,7 +28,7 @@ from latent_diffusion.bundle import LatentDiffusion, unet_init_fn
 from latent_diffusion.data import latent_shards
 from latent_diffusion.diffusion import NoiseSchedule, q_sample, training_target
 from latent_diffusion.models import DiagonalGaussian, UNet
-from latent_diffusion.training import autoencoder, loop
+from latent_diffusion.training import autoencoder, loop, resume
 from latent_diffusion.training import state as state_lib
 from latent_diffusion.training.state import create_train_state, make_optimizer
 from latent_diffusion.weights import pretrained, single_file
@@ -100,7 +101,7 @@ def describe(config, workdir: pathlib.Path | None, mesh, text_source: str | None
   if workdir is None:
     ae, first_stage = autoencoder.build_model(config), {}
   else:
-    ae, ae_params = autoencoder.load_params(config, workdir, mesh)
+    ae, ae_params = autoencoder.load_params(config, first_stage_workdir(config, workdir), mesh)
     first_stage = {"autoencoder": ae_params}
   conditioning = conditioning_lib.from_config(config, text_source).with_first_stage(
       ae, first_stage.get("autoencoder"), None)
@@ -114,6 +115,73 @@ def describe(config, workdir: pathlib.Path | None, mesh, text_source: str | None
       sampler_options=dict(prediction_type=config.ldm.diffusion.prediction_type, spacing=sample.spacing,
                            eta=sample.eta),
       params=first_stage)
+
+
+def first_stage_workdir(config, workdir: pathlib.Path) -> pathlib.Path:
+  """The workdir whose autoencoder/ is stage 2's first stage: config.ldm.autoencoder_workdir, else the run's own."""
+  return pathlib.Path(config.ldm.autoencoder_workdir) if config.ldm.autoencoder_workdir else workdir
+
+
+def check_first_stage(config, workdir: pathlib.Path) -> None:
+  """ValueError, before anything is built, unless the first-stage workdir holds an autoencoder checkpoint trained
+  with this config's config.autoencoder (else stage 2 would train on, or sample through, another model)."""
+  if config.ldm.init_from:
+    return
+  ae_workdir = first_stage_workdir(config, workdir)
+  meta = loop.latest_meta(ae_workdir / "autoencoder")
+  if meta is None:
+    raise ValueError(f"Stage 2 needs a trained autoencoder: there is no checkpoint under {ae_workdir / 'autoencoder'}. "
+                     f"Run stage 1 in this workdir first, or point --config.ldm.autoencoder_workdir at the workdir of "
+                     f"the run whose autoencoder to use.")
+  saved = resume.flatten(json.loads(meta["config"])["autoencoder"], "autoencoder")
+  now = resume.flatten(json.loads(config.to_json_best_effort())["autoencoder"], "autoencoder")
+  differ = [f"--config.{key}={saved[key]!r} (this config: {now.get(key)!r})" for key in sorted(saved)
+            if key.startswith(("autoencoder.model.", "autoencoder.regularization", "autoencoder.vq.num_embeddings"))
+            and saved[key] != now.get(key)]
+  if differ:
+    raise ValueError(f"The autoencoder under {ae_workdir / 'autoencoder'} was trained with another architecture than "
+                     f"config.autoencoder describes; give the options it was trained with: {' '.join(differ)}.")
+
+
+def check_latents(config, model: LatentDiffusion, workdir: pathlib.Path, mesh, latents: grain.MapDataset) -> dict:
+  """Up-front checks of pre-encoded latents (config.ldm.latents_path) against the model; returns the manifest.
+
+  The encode job finished and wrote records (latent_shards.read_manifest), of the latent shape this config makes,
+  with the encoder that this run samples through (sha256 of its parameters).
+  """
+  manifest = latent_shards.read_manifest(config.ldm.latents_path)
+  where = f"config.ldm.latents_path={config.ldm.latents_path}"
+  stored = manifest.get("latent_shape")
+  if stored is not None and tuple(stored) != tuple(model.latent_shape):
+    raise ValueError(f"{where} holds latents of shape {tuple(stored)} (images of {manifest.get('image_size')} pixels) "
+                     f"but this config makes {tuple(model.latent_shape)} (config.data.image_size="
+                     f"{config.data.image_size}, f={autoencoder.downsampling_factor(config)}, "
+                     f"config.autoencoder.model.embed_dim={config.autoencoder.model.embed_dim}): set "
+                     f"--config.data.image_size={manifest.get('image_size')} as the encode job had.")
+  if config.ldm.init_from:
+    params = model.params["autoencoder"]
+  else:
+    _, params = autoencoder.load_params(config, first_stage_workdir(config, workdir), mesh)
+  from latent_diffusion import encoding  # pylint: disable=import-outside-toplevel  (the encode job's module)
+  if encoding.params_digest(params) != manifest["encoder_sha256"]:
+    ours = config.ldm.init_from or first_stage_workdir(config, workdir) / "autoencoder"
+    raise ValueError(f"{where} was encoded by {manifest['encoder']}, not by this run's first stage ({ours}): "
+                     f"sampling would decode with another autoencoder. Point --config.ldm.autoencoder_workdir at "
+                     f"{manifest.get('autoencoder_workdir') or 'the run that encoded them'}, or re-encode.")
+  return manifest
+
+
+def check_first_example(model: LatentDiffusion, latents: grain.MapDataset, where: str) -> None:
+  """Runs the conditioning's preparation on the first readable example, so that data the model cannot train on
+  (no label for a class-conditional model, a missing caption field, a wrong latent shape) fails here, before
+  compiling, with the conditioner's own message."""
+  example = next((latents[i] for i in range(min(len(latents), 64)) if latents[i] is not None), None)
+  if example is None:
+    raise ValueError(f"{where}: no readable example among the first {min(len(latents), 64)}.")
+  shape = tuple(example["latent_mean"].shape)
+  if shape != tuple(model.latent_shape):
+    raise ValueError(f"{where}: latents of shape {shape}, the model is configured for {tuple(model.latent_shape)}.")
+  model.conditioning.prepare(example)
 
 
 def with_scale_factor(model: LatentDiffusion, scale_factor: float) -> LatentDiffusion:
@@ -237,11 +305,16 @@ def frozen_params(model: LatentDiffusion, mesh, mesh_config) -> tuple[dict, dict
 def train(config, workdir: pathlib.Path, mesh) -> dict:
   """Trains (or resumes) stage 2 under workdir/ldm; returns its summary metrics."""
   rng = jax.random.fold_in(jax.random.key(config.seed), 2)
+  check_first_stage(config, workdir)
   # Pre-encoded latents need no first stage here (sampling loads it).
   model = describe(config, None if config.ldm.latents_path else workdir, mesh)
   logging.info("ldm: %s conditioning; UNet %s.", model.conditioning.describe(),
                "imported from " + config.ldm.init_from if config.ldm.init_from else "from scratch")
   latents = raw_latents(config, model)
+  if config.ldm.latents_path:
+    check_latents(config, model, workdir, mesh, latents)
+  check_first_example(model, latents, f"config.ldm.latents_path={config.ldm.latents_path}" if config.ldm.latents_path
+                      else f"config.data ({config.data.name!r}) encoded")
   resumed = loop.latest_meta(workdir / "ldm")
   if resumed is not None:
     scale_factor = resumed["scale_factor"]  # keep the constant the run started with
@@ -266,7 +339,8 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
       batch_size=config.data.batch_size,
       rng=jax.random.fold_in(rng, 3), seed=config.seed + 1,
       meta={"scale_factor": scale_factor, "config": config.to_json_best_effort()}, eval_fn=eval_fn, mesh=mesh,
-      mesh_config=config.mesh, step_args=(frozen,), step_args_shardings=(frozen_shardings,))
+      mesh_config=config.mesh, step_args=(frozen,), step_args_shardings=(frozen_shardings,),
+      learning_rate=state_lib.learning_rate_schedule(config.ldm.optim, config.ldm.loop.train_steps))
   state, meta, history = loop.train_stage(stage)
   skipped = model.conditioning["text"].skips.counts() if "text" in model.conditioning else {}
   evals = {"evals_during_training": eval_history} if eval_history else {}

@@ -15,6 +15,7 @@ checkpoint intervals. What the loop survives, and how:
 import dataclasses
 import logging
 import pathlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,14 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latent_diffusion import parallel, preemption
+from latent_diffusion import console, parallel, preemption
 from latent_diffusion.training import resume
 from latent_diffusion.training.batches import batch_iterator
 from latent_diffusion.training.checkpoint import StageCheckpoints
 from latent_diffusion.training.state import NONFINITE_METRIC
 
 __all__ = ["Stage", "StepFn", "NonFiniteError", "batch_iterator", "compile_step", "train_stage", "loss_summary",
-           "restore_trained", "latest_meta", "restore_ema_params"]
+           "restore_trained", "latest_meta", "restore_ema_params", "trained_steps"]
 
 # (state, batch, rng, *step_args) -> (state, {name: scalar}); rng is the stage's root key (fold in state.step);
 # step_args are arrays the step reads but does not train (e.g. a frozen text encoder).
@@ -60,6 +61,7 @@ class Stage:
   mesh_config: Any = None
   step_args: tuple = ()               # extra, read-only arguments of every step, already on the mesh
   step_args_shardings: tuple = ()
+  learning_rate: Callable[[int], Any] | None = None   # optimizer step -> learning rate (logged to TensorBoard)
 
 
 def compile_step(step_fn: StepFn, rng: jax.Array, state_shardings, mesh, mesh_config, step_args_shardings=()):
@@ -112,10 +114,14 @@ def _check_streak(stage: Stage, step: int, tally: dict, checkpoints: StageCheckp
         f"Lower the learning rate or check the data, then rerun to resume from it.")
 
 
-def _log(stage: Stage, step: int, tally: dict, writer, history: list[dict]) -> None:
-  """Writes the means over the finite steps since the last log, and the count of skipped ones."""
+def _log(stage: Stage, step: int, tally: dict, writer, history: list[dict]) -> dict:
+  """Writes the means over the finite steps since the last log, the count of skipped ones and the learning rate;
+  returns the means."""
   finite, skipped = int(tally["finite"]), int(tally["nonfinite"])
   scalars = {"train/nonfinite_steps": skipped}
+  means = {}
+  if stage.learning_rate is not None:
+    scalars["train/learning_rate"] = float(stage.learning_rate(step - 1))   # the rate of this step's update
   if finite:
     means = {k: float(v) / finite for k, v in tally["sums"].items()}
     scalars.update({f"train/{k}": v for k, v in means.items()})
@@ -124,6 +130,7 @@ def _log(stage: Stage, step: int, tally: dict, writer, history: list[dict]) -> N
     logging.warning("%s: %d non-finite step(s) skipped since the last log (at step %d, %d in a row).",
                     stage.name, skipped, step, int(tally["streak"]))
   writer.write_scalars(step, scalars)
+  return means
 
 
 def _resume(stage: Stage, checkpoints: StageCheckpoints) -> tuple[Any, dict, grain.DatasetIterator]:
@@ -141,7 +148,7 @@ def _resume(stage: Stage, checkpoints: StageCheckpoints) -> tuple[Any, dict, gra
                     "global batch %d (the same batches as an uninterrupted run, see training.batches).", stage.name,
                     saved_meta.get("process_count", "an unknown number of"), jax.process_count(), step)
     batches = batch_iterator(stage.dataset, stage.batch_size, stage.seed, start_batch=step)
-  logging.info("%s: resumed from checkpoint at step %d.", stage.name, step)
+  console.say(f"{stage.name}: resumed from checkpoint at step {step}.")
   # Constants the run started with (e.g. the latent scale factor) stay; the config is the accepted new one.
   meta = {**saved_meta, **{k: stage.meta[k] for k in ("config",) if k in stage.meta}}
   meta.pop("process_count", None)
@@ -169,8 +176,9 @@ def _train(stage: Stage, checkpoints: StageCheckpoints) -> tuple[Any, dict, list
   state, meta, batches = _resume(stage, checkpoints)
   start = int(state.step)
   if start >= cfg.train_steps:
-    logging.info("%s: already trained (%d steps).", stage.name, start)
+    console.say(f"{stage.name}: already trained ({start} steps).")
     return state, meta, []
+  console.say(f"{stage.name}: training steps {start + 1}..{cfg.train_steps} (compiling the step first)")
 
   # clu imports TensorFlow (seconds): only a job that trains pays for it, not encode or sample.
   from clu import metric_writers, periodic_actions  # pylint: disable=import-outside-toplevel
@@ -183,6 +191,7 @@ def _train(stage: Stage, checkpoints: StageCheckpoints) -> tuple[Any, dict, list
   progress = periodic_actions.ReportProgress(num_train_steps=cfg.train_steps, writer=writer,
                                              every_steps=cfg.log_every_steps)
   tally, history = None, []
+  timer = _Rate()
   for step in range(start + 1, cfg.train_steps + 1):
     batch = parallel.global_batch(next(batches), batch_sharding)
     with jax.transfer_guard("disallow"):
@@ -194,15 +203,21 @@ def _train(stage: Stage, checkpoints: StageCheckpoints) -> tuple[Any, dict, list
     last = step == cfg.train_steps
     preempted = preemption.reached()   # every process, every step: they agree on the stopping step
     checkpoint_due = step % cfg.checkpoint_every_steps == 0 or last or preempted
-    if step % cfg.log_every_steps == 0 or checkpoint_due:
+    # The first step is logged too: a short run still reports its first and last loss.
+    log_due = step % cfg.log_every_steps == 0 or last or step == start + 1
+    if log_due or checkpoint_due:
       totals = jax.device_get(tally)
       _check_streak(stage, step, totals, checkpoints)
       checkpoints.check_for_errors()
-      if step % cfg.log_every_steps == 0 or last:
-        _log(stage, step, totals, writer, history)
+      if log_due:
+        means = _log(stage, step, totals, writer, history)
         tally = _restart_tally(tally)
+        console.say(console.progress_line(stage.name, step, cfg.train_steps, timer.rate(step),
+                                          {k: means[k] for k in ("loss",) if k in means}))
     if stage.eval_fn is not None and not preempted and (step % cfg.eval_every_steps == 0 or last):
+      console.say(f"{stage.name}: evaluating at step {step}")
       write_evaluation(writer, step, stage.eval_fn(state))
+      timer.restart(step)
     if checkpoint_due:
       checkpoints.save(step, state, meta, batches)
     if preempted and not last:
@@ -212,6 +227,25 @@ def _train(stage: Stage, checkpoints: StageCheckpoints) -> tuple[Any, dict, list
   writer.flush()
   checkpoints.wait()
   return state, meta, history
+
+
+class _Rate:
+  """Steps per second of training since the first step completed (compilation excluded); evaluations pause it."""
+
+  def __init__(self):
+    self.since, self.first_step = None, None
+
+  def rate(self, step: int) -> float | None:
+    now = time.perf_counter()
+    if self.since is None:
+      self.since, self.first_step = now, step
+      return None
+    done = step - self.first_step
+    return done / (now - self.since) if done > 0 and now > self.since else None
+
+  def restart(self, step: int) -> None:
+    """Restart the clock at `step` (after an evaluation, whose time is not training's)."""
+    self.since, self.first_step = time.perf_counter(), step
 
 
 def write_evaluation(writer, step: int, results: dict) -> None:
@@ -237,6 +271,11 @@ def restore_trained(workdir: pathlib.Path, state_template: Any) -> tuple[Any, di
 def latest_meta(workdir: pathlib.Path) -> dict | None:
   """The metadata of a stage's newest readable checkpoint, or None if it has none yet."""
   return _newest_readable(workdir, lambda checkpoints, step: checkpoints.restore_meta(step), required=False)
+
+
+def trained_steps(workdir: pathlib.Path) -> int | None:
+  """The step of a stage's newest readable checkpoint (its metadata is read, no arrays), or None without one."""
+  return _newest_readable(workdir, lambda checkpoints, step: checkpoints.restore_meta(step) and step, required=False)
 
 
 def restore_ema_params(workdir: pathlib.Path, params_template: Any) -> Any:

@@ -131,7 +131,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, ema_decay
                                            microbatches)
     finite = finite_update(metrics, grads)
     state = keep_if_not_finite(finite, apply_gradients(state, grads, tx, ema_decay), state)
-    return state, {**metrics, NONFINITE_METRIC: 1.0 - finite.astype(jnp.float32)}
+    return state, {**metrics, "grad_norm": optax.global_norm(grads), NONFINITE_METRIC: 1.0 - finite.astype(jnp.float32)}
   return train_step
 
 

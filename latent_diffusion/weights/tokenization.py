@@ -22,13 +22,13 @@ def load_tokenizer(folder: str | pathlib.Path) -> transformers.PreTrainedTokeniz
   if not folder.is_dir():
     raise FileNotFoundError(f"Tokenizer folder not found: {folder}. Tokenizers load from local folders only; "
                             f"nothing is downloaded.")
-  config = files.read_json(folder / "tokenizer_config.json", "tokenizer config")
-  tokenizer_class = tokenizer_class_from_name(config.get("tokenizer_class") or "")
+  tokenizer_config = files.read_json(folder / "tokenizer_config.json", "tokenizer config")
+  tokenizer_class = tokenizer_class_from_name(tokenizer_config.get("tokenizer_class") or "")
   if tokenizer_class is not None and not (folder / "tokenizer.json").is_file():
     needed = sorted(name for key, name in tokenizer_class.vocab_files_names.items() if key != "tokenizer_file")
     missing = [name for name in needed if not (folder / name).is_file()]
     if missing:
-      raise FileNotFoundError(f"Tokenizer folder {folder} lacks {missing}: {config['tokenizer_class']} needs "
+      raise FileNotFoundError(f"Tokenizer folder {folder} lacks {missing}: {tokenizer_config['tokenizer_class']} needs "
                               f"tokenizer.json or {needed} (folder holds: {sorted(p.name for p in folder.iterdir())}).")
   return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 

@@ -15,8 +15,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from latent_diffusion import parallel  # noqa: E402
-from latent_diffusion.training import ldm, loop  # noqa: E402
+from latent_diffusion.training import ldm  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
+from tests.parallel.emulated import compiled_ldm_step  # noqa: E402
 
 MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 8, 1)]
 TEXT_MESHES = [(1, 1, 1), (2, 2, 2)]
@@ -37,12 +38,7 @@ def trajectory(shape, batches, text: bool = False):
                        *overrides)
   devices = jax.devices()[:int(np.prod(shape))]
   mesh = parallel.make_mesh(config.mesh, devices)
-  model = ldm.describe(config, None, mesh)
-  tx, state, shardings = ldm.init_state(config, model, mesh, jax.random.key(0))
-  frozen, frozen_shardings = ldm.frozen_params(model, mesh, config.mesh)
-  step = loop.compile_step(ldm.make_train_step(model, tx, 0.7, config.ldm.loop.ema_decay),
-                           jax.random.key(1), shardings, mesh, config.mesh, (frozen_shardings,))
-  batch_sharding = parallel.batch_sharding(mesh, config.mesh)
+  state, step, frozen, batch_sharding = compiled_ldm_step(config, ldm.describe(config, None, mesh), mesh)
   losses = []
   for batch in batches:
     state, metrics = step(state, parallel.global_batch(batch, batch_sharding), frozen)

@@ -18,8 +18,9 @@ def main(coordinator: str, num_processes: int, process_id: int, out: str):
     parallel.initialize_distributed(coordinator, num_processes, process_id)
   import numpy as np
 
-  from latent_diffusion.training import ldm, loop
+  from latent_diffusion.training import ldm
   from tests.conftest import tiny_config
+  from tests.parallel.emulated import compiled_ldm_step
 
   # The same (2, 2, 1) mesh either way; across processes 'data' runs over the DCN axis, so each
   # process holds one row: FSDP gathers stay inside a host.
@@ -30,12 +31,8 @@ def main(coordinator: str, num_processes: int, process_id: int, out: str):
   if num_processes > 1:
     assert [{d.process_index for d in row.flat} for row in mesh.devices] == [{0}, {1}]
   model = ldm.describe(config, None, mesh)
-  tx, state, shardings = ldm.init_state(config, model, mesh, jax.random.key(0))
-  frozen, frozen_shardings = ldm.frozen_params(model, mesh, config.mesh)
-  step = loop.compile_step(ldm.make_train_step(model, tx, 0.7, config.ldm.loop.ema_decay),
-                           jax.random.key(1), shardings, mesh, config.mesh, (frozen_shardings,))
-  batch_sharding = parallel.batch_sharding(mesh, config.mesh)
-  h, w, c = ldm.describe(config, None, mesh).latent_shape
+  state, step, frozen, batch_sharding = compiled_ldm_step(config, model, mesh)
+  h, w, c = model.latent_shape
   rng = np.random.default_rng(0)
   share = 16 // jax.process_count()
   losses = []

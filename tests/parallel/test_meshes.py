@@ -7,16 +7,14 @@ import sys
 
 import pytest
 
+from tests.parallel.emulated import run_on_emulated_devices
+
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def trajectories():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  result = subprocess.run([sys.executable, "-m", "tests.parallel.mesh_trajectories"], env=env,
-                          capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-4000:]
-  return json.loads(result.stdout.strip().splitlines()[-1])
+  return run_on_emulated_devices("tests.parallel.mesh_trajectories")
 
 
 @pytest.mark.parametrize("mesh", ["(8, 1, 1)", "(2, 4, 1)", "(2, 2, 2)", "(1, 8, 1)"])

@@ -2,22 +2,16 @@
 is resharded by the logical rules and, with the same global batch, the loss trajectory equals an
 uninterrupted run on the new mesh."""
 
-import json
-import subprocess
-import sys
-
 import pytest
+
+from tests.parallel.emulated import run_on_emulated_devices
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def results(cached_compiles_env):
-  env = dict(cached_compiles_env, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  result = subprocess.run([sys.executable, "-m", "tests.robustness.mesh_resume"], env=env, capture_output=True,
-                          text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-4000:]
-  return json.loads(result.stdout.strip().splitlines()[-1])
+def results():
+  return run_on_emulated_devices("tests.robustness.mesh_resume")
 
 
 @pytest.mark.parametrize("case, devices", [("8 devices data=8 -> 4 devices data=2 fsdp=2", 4),

@@ -29,8 +29,10 @@ def test_evaluator_figures_equal_the_metrics_on_its_reconstructions(random_lpips
   used = np.unique(np.asarray(indices))
   assert results["codebook_usage"] == len(used) / 16 and 1.0 <= results["perplexity"] <= len(used)
   grid = results["reconstructions"]
-  assert grid.shape == (1, 32, 32, 3) and 0.0 <= grid.min() and grid.max() <= 1.0
-  np.testing.assert_allclose(grid[0, 16:, 16:], unit(recon[1]), atol=1e-6)       # second reconstruction, bottom row
+  assert grid.shape == (1, 32, 32, 3)
+  for column in range(2):        # originals above their reconstructions, the first two images
+    np.testing.assert_allclose(grid[0, :16, 16 * column:16 * (column + 1)], unit(images[column]), atol=1e-6)
+    np.testing.assert_allclose(grid[0, 16:, 16 * column:16 * (column + 1)], np.clip(unit(recon[column]), 0, 1), atol=1e-6)
   assert "reconstructions" not in evaluator(params, with_grid=False)
   # The evaluate stage's 'reconstruction' network computes the same figures by name (images in [0, 1]).
   metrics = reconstruction.resolve(("psnr", "ssim", "lpips"))

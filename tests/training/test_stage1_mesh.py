@@ -1,22 +1,15 @@
 """The stage-1 step (VQ codebook statistics and restarts, PatchGAN with batch statistics, the adaptive weight, two
 optimizers) on a (2,2,2) mesh of 8 emulated CPU devices equals one device (float32 reduction order aside)."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from tests.parallel.emulated import run_on_emulated_devices
 
 pytestmark = pytest.mark.slow
 
 
 def test_two_optimizer_step_on_a_2x2x2_mesh_equals_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  result = subprocess.run([sys.executable, "-m", "tests.training.stage1_mesh_trajectories"], env=env,
-                          capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-4000:]
-  runs = json.loads(result.stdout.strip().splitlines()[-1])
+  runs = run_on_emulated_devices("tests.training.stage1_mesh_trajectories")
   one, mesh = runs["(1, 1, 1)"], runs["(2, 2, 2)"]
   assert len(one["metrics"]) == 3 and one["metrics"][0]["disc_loss"] == 0.0
   assert one["metrics"][-1]["disc_loss"] > 0 and one["metrics"][-1]["d_weight"] > 0

@@ -74,9 +74,9 @@ def test_state_is_created_with_shardings_from_logical_names():
 
 def test_mesh_shape_errors():
   with pytest.raises(ValueError, match="at most one axis may be -1"):
-    parallel.make_mesh(ConfigDict(dict(shape=(-1, -1, 1), axes=("data", "fsdp", "tensor"))))
+    parallel.make_mesh(ConfigDict(dict(shape=(-1, -1, 1), dcn_shape=(1, 1, 1), axes=("data", "fsdp", "tensor"))))
   with pytest.raises(ValueError, match="needs 4 devices"):
-    parallel.make_mesh(ConfigDict(dict(shape=(2, 2, 1), axes=("data", "fsdp", "tensor"))))
+    parallel.make_mesh(ConfigDict(dict(shape=(2, 2, 1), dcn_shape=(1, 1, 1), axes=("data", "fsdp", "tensor"))))
   with pytest.raises(ValueError, match=r"dcn_shape=\(2, 1\) must have one entry >= 1 per axis"):
     parallel.make_mesh(ConfigDict(dict(shape=(-1, 1, 1), dcn_shape=(2, 1), axes=("data", "fsdp", "tensor"))))
   with pytest.raises(ValueError, match=r"dcn_shape=\(2, 1, 1\) does not divide the 1 devices"):
