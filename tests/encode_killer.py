@@ -1,4 +1,4 @@
-"""Runs latent_diffusion.encode with its arguments and sends itself a signal at the N-th record write.
+"""Runs latent_diffusion.cli.encode with its arguments and sends itself a signal at the N-th record write.
 
   python -c "$KILLER" --config=... --input=... (env KILL_AT_WRITE=N, SIGNAL=SIGKILL|SIGTERM)
 Mid-shard: the earlier records of that shard are in its .partial file, as a preempted or crashed job leaves them.

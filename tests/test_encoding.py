@@ -1,4 +1,4 @@
-"""The pre-encoding job (latent_diffusion.encode): shards of real photos with corrupt entries ->
+"""The pre-encoding job (latent_diffusion.cli.encode): shards of real photos with corrupt entries ->
 latent shards; killed mid-shard and rerun equals an uninterrupted run; stage 2 trains on them."""
 
 import json
@@ -44,7 +44,7 @@ def inputs(tmp_path_factory):
 
 def _encode_command(inputs, output, *extra):
   pattern, _, _, vae = inputs
-  return [sys.executable, "-m", "latent_diffusion.encode", "--config=configs/tiny.py", f"--input={pattern}",
+  return [sys.executable, "-m", "latent_diffusion.cli.encode", "--config=configs/tiny.py", f"--input={pattern}",
           f"--output={output}", f"--vae={vae}", "--config.data.name=tar_shards",
           f"--config.data.image_size={IMAGE_SIZE}", "--config.encode.batch_size=4",
           "--config.encode.text=tokens", "--config.ldm.conditioning.text.encoder=trained",

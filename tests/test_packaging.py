@@ -11,7 +11,7 @@ import tomllib
 
 import pytest
 
-from tests.training import test_pipeline
+from tests.training import test_experiment
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
@@ -42,7 +42,7 @@ def installed(tmp_path_factory) -> pathlib.Path:
 
 
 def test_wheel_holds_the_package_configs_and_scripts(installed):
-  assert set(SCRIPTS) == {"ldm-train", "ldm-sample", "ldm-encode", "ldm-export"}
+  assert set(SCRIPTS) == {"ldm-train", "ldm-evaluate", "ldm-sample", "ldm-encode", "ldm-export"}
   assert all((installed / script).is_file() for script in SCRIPTS)
   found = subprocess.run([installed / "python", "-c", "import latent_diffusion, latent_diffusion.configs.tiny; "
                           "print(latent_diffusion.__file__)"], cwd=installed, capture_output=True, text=True,
@@ -69,14 +69,16 @@ def test_console_script_help_equals_python_m(installed, tmp_path):
                           capture_output=True, text=True)
   assert script.returncode == module.returncode and "--workdir" in script.stdout
   assert _flag_lines(script.stdout) == _flag_lines(module.stdout)
+  evaluate = subprocess.run([installed / "ldm-evaluate", "--help"], cwd=tmp_path, capture_output=True, text=True)
+  assert _flag_lines(evaluate.stdout) == _flag_lines(module.stdout)   # the evaluate stage of a train job
 
 
 def test_tiny_config_trains_through_the_console_script(installed, tmp_path, cached_compiles_env):
   """From a directory outside the repository, `configs/tiny.py` is the packaged config. The job is
-  tests/training/test_pipeline.py's autoencoder run (its compiles are cached for the session)."""
+  tests/training/test_experiment.py's autoencoder run (its compiles are cached for the session)."""
   workdir = tmp_path / "run"
-  run = subprocess.run([installed / "ldm-train", *test_pipeline.train_command(workdir)[3:]], cwd=tmp_path,
+  run = subprocess.run([installed / "ldm-train", *test_experiment.train_command(workdir)[3:]], cwd=tmp_path,
                        capture_output=True, text=True, env=cached_compiles_env, timeout=300)
   assert run.returncode == 0, run.stderr[-3000:]
   metrics = json.loads((workdir / "metrics.json").read_text())
-  assert metrics["autoencoder"]["train_steps"] == test_pipeline.STEPS
+  assert metrics["autoencoder"]["train_steps"] == test_experiment.STEPS

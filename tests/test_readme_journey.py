@@ -118,7 +118,7 @@ def test_stage_two_refuses_an_unfinished_encode(journey):
   """Defect 5: a killed, not-yet-rerun encode output was read as part of the data without a word (stage 2 reads
   the manifest before anything else: test_stage_two_checks_its_first_stage_and_data_before_training)."""
   assert re.fullmatch(r"The encode job writing latents has not finished \(\d of 3 shards complete, no manifest.json\): "
-                      r"rerun the same latent_diffusion.encode command \(it resumes and redoes only the missing "
+                      r"rerun the same latent_diffusion.cli.encode command \(it resumes and redoes only the missing "
                       r"shards\), then start stage 2.", journey[3]["unfinished"]), journey[3]["unfinished"]
 
 

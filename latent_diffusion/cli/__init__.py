@@ -1,4 +1,8 @@
-"""Command-line entry points: `python -m latent_diffusion.<job>` and the `ldm-<job>` console scripts."""
+"""Command-line entry points: `ldm-<job>` console scripts = `python -m latent_diffusion.cli.<job>`.
+
+train (the stages of config.stages), evaluate (the evaluate stage of a trained run), sample, encode (latent shards),
+export (a diffusers folder); job_flags: the multi-host flags of train and encode and how jobs end on bad input.
+"""
 
 import sys
 from collections.abc import Callable

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from latent_diffusion import generation, parallel, pipeline
+from latent_diffusion import experiment, generation, parallel
 from latent_diffusion.preemption import PREEMPTED_EXIT_CODE
 from latent_diffusion.training import ldm
 from latent_diffusion.training.autoencoder import load_params as load_autoencoder
@@ -32,7 +32,7 @@ def test_both_stages_learn(trained_workdir):
   assert stage2["train_loss_last"] < 0.8 * stage2["train_loss_first"]
   assert ae["val_psnr_db"] > 10.0
   assert 0.1 < stage2["scale_factor"] < 100.0
-  for name in pipeline.STAGES:
+  for name in experiment.STAGES:
     assert metrics[name]["wall_time_s"] > 0
   assert (trained_workdir / "autoencoder" / "tensorboard").is_dir()
 
@@ -60,14 +60,14 @@ def test_deterministic_ddim_sampling_from_the_checkpoint(trained_workdir):
 
 def test_sample_cli_restores_the_checkpoint(trained_workdir, tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "latent_diffusion.sample", f"--workdir={trained_workdir}", f"--output={tmp_path}",
+      [sys.executable, "-m", "latent_diffusion.cli.sample", f"--workdir={trained_workdir}", f"--output={tmp_path}",
        "--num_images=3", "--label=7", "--num_steps=4", "--guidance_scale=2.0", "--seed=1"],
       capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   files = sorted(p.name for p in tmp_path.glob("*.png"))
   assert files == ["0000_class7.png", "0001_class7.png", "0002_class7.png", "grid.png"]
   assert Image.open(tmp_path / "0000_class7.png").size == (16, 16)
-  bad = subprocess.run([sys.executable, "-m", "latent_diffusion.sample", f"--workdir={trained_workdir}", "--label=10"],
+  bad = subprocess.run([sys.executable, "-m", "latent_diffusion.cli.sample", f"--workdir={trained_workdir}", "--label=10"],
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "--label=10 is not a class of this model" in bad.stderr
 
@@ -80,7 +80,7 @@ STEPS = 60
 
 
 def train_command(workdir):
-  return [sys.executable, "-m", "latent_diffusion.train", "--config=configs/tiny.py", f"--workdir={workdir}",
+  return [sys.executable, "-m", "latent_diffusion.cli.train", "--config=configs/tiny.py", f"--workdir={workdir}",
           "--config.stages=('autoencoder',)", "--config.autoencoder.loop.checkpoint_every_steps=10",
           f"--config.autoencoder.loop.train_steps={STEPS}", "--config.autoencoder.loop.eval_every_steps=1000"]
 

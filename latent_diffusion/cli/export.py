@@ -1,7 +1,8 @@
 """Exports a trained text-to-image run as a diffusers StableDiffusionPipeline folder (EMA weights).
 
-  python -m latent_diffusion.export --workdir=runs/text_quickstart --output=exported/
+  ldm-export --workdir=runs/text_quickstart --output=exported/
   # then, with diffusers: StableDiffusionPipeline.from_pretrained("exported/")
+  (or python -m latent_diffusion.cli.export with the same arguments)
 
 The UNet, autoencoder, text encoder (trained or frozen; with layer='penultimate' the unused last layer
 is left out, which gives diffusers the same outputs), tokenizer (padding to the run's max_length) and
