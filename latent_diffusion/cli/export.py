@@ -1,4 +1,5 @@
-"""Exports a trained text-to-image run as a diffusers StableDiffusionPipeline folder (EMA weights).
+"""Exports a trained text-to-image run as a diffusers StableDiffusionPipeline folder (EMA weights), a text +
+inpaint run as a StableDiffusionInpaintPipeline folder (9-channel UNet).
 
   ldm-export --workdir=runs/text_quickstart --output=exported/
   # then, with diffusers: StableDiffusionPipeline.from_pretrained("exported/")
@@ -18,7 +19,8 @@ from latent_diffusion import cli
 from latent_diffusion.training import ldm
 from latent_diffusion.weights import pretrained
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Experiment directory of a text-conditional run.", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Experiment directory of a text-conditional (or text + inpaint) run.",
+                               required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Folder to write the diffusers pipeline to.", required=True)
 
 
@@ -31,7 +33,7 @@ def main(argv):
   except FileNotFoundError as error:
     raise app.UsageError(str(error)) from None
   pretrained.save_diffusers(model, _OUTPUT.value)
-  print(f"Wrote a diffusers StableDiffusionPipeline ({model.conditioning.describe()} conditioning) to {_OUTPUT.value}")
+  print(f"Wrote a diffusers Stable Diffusion pipeline ({model.conditioning.describe()} conditioning) to {_OUTPUT.value}")
 
 
 def run():

@@ -21,7 +21,7 @@ def get_config():
   layout.width = 128
   layout.layers = 2
   layout.heads = 4
-  config.ldm.model.attention_resolutions = (1, 2)
+  config.ldm.model.attention_resolutions = (2, 4)      # cross-attention to the layout at 8x8 and 4x4
   config.sample.guidance_scale = 2.0
   config.evaluate.evals = dict(layout=evaluator("layout"))
   return config
