@@ -9,7 +9,7 @@ import textwrap
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from latent_diffusion.data import latent_shards
-    from latent_diffusion import encode
+    from latent_diffusion.cli import encode
     from absl import app
     writes, kill_at, sig = [0], int(os.environ["KILL_AT_WRITE"]), getattr(signal, os.environ["SIGNAL"])
     original = latent_shards.ShardWriter.write

@@ -18,7 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from latent_diffusion import configuration, encode, encoding, parallel
+from latent_diffusion import configuration, encoding, parallel
+from latent_diffusion.cli import encode
 from latent_diffusion.data import latent_shards, tar_shards
 from latent_diffusion.models import AutoencoderKL
 from latent_diffusion.training import ldm
