@@ -19,9 +19,8 @@ import flax.linen as nn
 
 from latent_diffusion.bundle import LatentDiffusion
 from latent_diffusion.conditioning import Conditioning, InpaintConditioner, TextConditioner
-from latent_diffusion.data import tokenization
 from latent_diffusion.weights import autoencoder as autoencoder_weights
-from latent_diffusion.weights import files, mapping, scheduler as scheduler_weights, text as text_weights
+from latent_diffusion.weights import files, mapping, scheduler as scheduler_weights, text as text_weights, tokenization
 from latent_diffusion.weights import unet as unet_weights
 
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")

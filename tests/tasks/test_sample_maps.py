@@ -1,4 +1,4 @@
-"""The sampling CLI's condition maps (latent_diffusion.sample): files -> request fields, one map for every image,
+"""The sampling CLI's condition maps (latent_diffusion.cli.sample): files -> request fields, one map for every image,
 and clear refusals (a map the model does not read, a missing one, a segmentation file that holds no class ids).
 The CLI end to end (an inpainting pipeline, a mask that does not fit its image): tests/weights/test_inpainting_pipeline.py.
 """
@@ -9,7 +9,7 @@ from absl import app, flags
 from absl.testing import flagsaver
 from PIL import Image
 
-from latent_diffusion import sample
+from latent_diffusion.cli import sample
 
 
 @pytest.fixture(autouse=True)

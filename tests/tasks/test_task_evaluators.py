@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from configs.base import evaluator
 from latent_diffusion import parallel
+from latent_diffusion.configs.base import evaluator
 from latent_diffusion.data import shapes
 from latent_diffusion.evaluation import inpainting, runner, shape_judges
 from tests.conftest import tiny_config

@@ -78,7 +78,7 @@ def test_sample_cli_inpaints_and_refuses_a_mask_of_another_size(inpaint_folder, 
   Image.fromarray(((image[0] + 1) * 127.5).round().astype(np.uint8)).save(tmp_path / "image.png")
   Image.fromarray((mask[0] * 255).astype(np.uint8)).save(tmp_path / "mask.png")
   Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "small_mask.png")
-  command = [sys.executable, "-m", "latent_diffusion.sample", f"--pretrained={inpaint_folder}", "--prompt=a cat",
+  command = [sys.executable, "-m", "latent_diffusion.cli.sample", f"--pretrained={inpaint_folder}", "--prompt=a cat",
              f"--image={tmp_path / 'image.png'}", "--steps=2", "--num_images=2", f"--output={tmp_path / 'out'}"]
   result = subprocess.run(command + [f"--mask={tmp_path / 'mask.png'}"], capture_output=True, text=True,
                           timeout=600, env=cached_compiles_env)

@@ -1,11 +1,12 @@
 """Writes images from a trained run (--workdir) or an imported pipeline (--pretrained), one generator for both.
 
-  python -m latent_diffusion.sample --workdir=runs/quickstart --num_images=20 --label=3 --steps=50 --guidance=3.0
-  python -m latent_diffusion.sample --workdir=runs/text_quickstart --prompt="a three on the left and a seven on the right"
-  python -m latent_diffusion.sample --pretrained=DIR --prompt="a photo of a cat" --steps=50 --guidance=7.5
-  python -m latent_diffusion.sample --workdir=runs/inpainting --image=photo.png --mask=hole.png
-  python -m latent_diffusion.sample --workdir=runs/super_resolution --low_res=small.png
-  python -m latent_diffusion.sample --workdir=runs/semantic --segmentation=map.npy --size=64
+  ldm-sample --workdir=runs/quickstart --num_images=20 --label=3 --steps=50 --guidance=3.0
+  ldm-sample --workdir=runs/text_quickstart --prompt="a three on the left and a seven on the right"
+  ldm-sample --pretrained=DIR --prompt="a photo of a cat" --steps=50 --guidance=7.5
+  ldm-sample --workdir=runs/inpainting --image=photo.png --mask=hole.png
+  ldm-sample --workdir=runs/super_resolution --low_res=small.png
+  ldm-sample --workdir=runs/semantic --segmentation=map.npy --size=64
+  (or python -m latent_diffusion.cli.sample with the same arguments)
 
 --workdir restores the EMA weights of the run's latest checkpoints (nothing of the optimizer state);
 --pretrained reads a local diffusers folder (Stable Diffusion or Stable Diffusion inpainting layout). What the
@@ -21,13 +22,13 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
-from latent_diffusion import console, generation, image_grid
+from latent_diffusion import cli, console, generation, image_grid
 from latent_diffusion.bundle import LatentDiffusion
 from latent_diffusion.diffusion import SAMPLERS
 from latent_diffusion.training import ldm
 from latent_diffusion.weights import pretrained
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Experiment directory (as given to latent_diffusion.train).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Experiment directory (as given to latent_diffusion.cli.train).")
 _PRETRAINED = flags.DEFINE_string("pretrained", None, "A local diffusers text-to-image folder (model_index.json).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "Text prompt (repeat the flag for several); text-conditional models.")
 _NEGATIVE = flags.DEFINE_string("negative_prompt", "", "Negative prompt for classifier-free guidance.")
@@ -169,5 +170,10 @@ def main(argv):
   print(f"Wrote {len(images)} images to {output}")
 
 
+def run():
+  """The `ldm-sample` console script."""
+  cli.run_main(main, __name__)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

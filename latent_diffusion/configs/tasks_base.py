@@ -6,7 +6,7 @@ Sized so that each task (both stages and its judge) runs within 15 minutes on a 
 measured wall times and load): small widths, batch 16, 4,000 training images, DDIM 25 steps at evaluation.
 """
 
-from configs import base
+from latent_diffusion.configs import base
 
 
 def get_config():

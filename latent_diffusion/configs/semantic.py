@@ -1,14 +1,14 @@
 """Semantic synthesis on coloured shapes: a segmentation map (background + 4 colours), one-hot and averaged to the
 8 x 8 latent grid, concatenated to x_t; maps twice the training size give 64 x 64 images (convolutional sampling).
 
-  python -m latent_diffusion.train --config=configs/semantic.py --workdir=runs/semantic
+  python -m latent_diffusion.cli.train --config=configs/semantic.py --workdir=runs/semantic
 
 Evaluator 'semantic' (latent_diffusion.evaluation.semantic): a per-pixel colour classifier (fit on real images)
 reads a map back from each generated image; mean IoU against the input map, at the training size and at 2x.
 """
 
-from configs import tasks_base
-from configs.base import evaluator
+from latent_diffusion.configs import tasks_base
+from latent_diffusion.configs.base import evaluator
 
 
 def get_config():
