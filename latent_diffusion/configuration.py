@@ -1,8 +1,8 @@
 """Experiment configs: load `configs/<name>.py`, apply `--config.a.b=value` overrides, fail fast.
 
 Every CLI accepts `--config=PATH[:ARG]` plus any number of `--config.<dotted.key>=<value>`.
-The configs shipped with the package (latent_diffusion/configs/) are found from any directory as
-`configs/<name>.py`; any other path is read as given.
+The configs shipped with the package (configs/, importable as latent_diffusion.configs) are found from any
+directory as `configs/<name>.py`; any other path is read as given.
 An unknown key or a value of the wrong type raises `ConfigError` naming the key before any work
 starts (ml_collections' own flag parser reports unknown keys only as a bare AttributeError).
 """

@@ -341,7 +341,7 @@ def test_damaged_latent_shards_raise_a_named_error_or_skip_and_count(fuzz_root, 
 
 # --- config files, overrides and the config saved with a checkpoint ---------------------------------
 
-CONFIG_TEXT = pathlib.Path("latent_diffusion/configs/tiny.py").read_bytes()
+CONFIG_TEXT = pathlib.Path("configs/tiny.py").read_bytes()
 _DIGITS = [i for i, c in enumerate(CONFIG_TEXT) if chr(c).isdigit()]
 # Typos: digits replaced by digits (the file usually still runs), besides the generic damage.
 CONFIG_MUTATIONS = st.one_of(MUTATIONS, st.tuples(st.none(), st.lists(
