@@ -126,7 +126,7 @@ def test_stage_two_refuses_an_unfinished_encode(journey):
 def test_an_encode_that_skips_everything_fails(journey, tmp_path):
   """Defect 5: min_size=100 skipped every photo, the job exited 0 with 0 records, stage 2 died in numpy."""
   root = journey[0]
-  config, _ = configuration.parse_config_args([f"--config={REPO / 'latent_diffusion' / 'configs' / 'photo_shards.py'}:tiny",
+  config, _ = configuration.parse_config_args([f"--config={REPO / 'configs' / 'photo_shards.py'}:tiny",
                                                "--config.encode.min_size=1000"])
   mesh = parallel.make_mesh(config.mesh)
   ae = AutoencoderKL(in_channels=3, ch=4, ch_mult=(1, 2), num_res_blocks=1, groups=2)
@@ -181,7 +181,7 @@ def test_stage_two_checks_its_first_stage_and_data_before_training(journey, tmp_
   """Defects 3 and 4: another workdir trained then failed to sample; a mismatched config trained silently on the
   wrong latent size; records without labels trained a class-conditional model on its null class."""
   root = journey[0]
-  config_file = f"{REPO / 'latent_diffusion' / 'configs' / 'photo_shards.py'}:tiny"
+  config_file = f"{REPO / 'configs' / 'photo_shards.py'}:tiny"
 
   def config(*overrides):
     parsed, _ = configuration.parse_config_args([f"--config={config_file}", f"--config.ldm.latents_path={root}/latents",
