@@ -1,7 +1,7 @@
 """Stage 1 on real photos: an f=4 autoencoder on random 64x64 crops of the photos shipped with scikit-image and
 scikit-learn (data.name='sample_photos'), validated on the tiles of two held-out photos. Minutes on 2 CPU cores.
 
-  python -m latent_diffusion.train --config=configs/autoencoder_photos.py:VARIANT --workdir=runs/photos_VARIANT
+  python -m latent_diffusion.cli.train --config=configs/autoencoder_photos.py:VARIANT --workdir=runs/photos_VARIANT
 VARIANT: kl (L1 + KL), kl_gan (+ PatchGAN from disc_start), vq (L1 + codebook), vq_gan (+ PatchGAN).
 The paper's LPIPS term needs local weights (nothing is downloaded):
   --config.autoencoder.loss.perceptual_weight=1.0 --config.autoencoder.lpips.vgg_path=vgg16-397923af.pth \
@@ -9,7 +9,7 @@ The paper's LPIPS term needs local weights (nothing is downloaded):
 (with the paths alone, LPIPS is only reported as a validation metric).
 """
 
-from configs import base
+from latent_diffusion.configs import base
 
 VARIANTS = ("kl", "kl_gan", "vq", "vq_gan")
 

@@ -1,7 +1,7 @@
 """Defaults shared by every experiment; variants import this and change a few fields.
 
 Not meant to be run as is: a variant picks the data set, sizes and step counts, e.g.
-  python -m latent_diffusion.train --config=configs/quickstart.py --workdir=runs/quickstart
+  python -m latent_diffusion.cli.train --config=configs/quickstart.py --workdir=runs/quickstart
 """
 
 import ml_collections
@@ -90,7 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Root seed: every random stream is folded from it (stage, step, process).
   config.seed = 0
-  # Jobs run in this order by latent_diffusion.train; names from latent_diffusion.pipeline.STAGES.
+  # Jobs run in this order by latent_diffusion.cli.train; names from latent_diffusion.experiment.STAGES.
   config.stages = ("autoencoder", "ldm", "evaluate")
 
   config.mesh = ml_collections.ConfigDict(dict(
@@ -341,7 +341,7 @@ def get_config() -> ml_collections.ConfigDict:
               # Pass the tokenizer's padding mask to the encoder (Stable Diffusion's CLIP does not).
               use_attention_mask=False,
               # Where training reads text: caption (tokenized here) | tokens | context (stored with the latents
-              # by latent_diffusion.encode; context = the frozen encoder's outputs, no encoder in the step).
+              # by latent_diffusion.cli.encode; context = the frozen encoder's outputs, no encoder in the step).
               source="caption",
               # A record without a caption: 'empty' trains it as the empty prompt (counted), 'skip' drops it.
               missing_caption="empty",
@@ -413,11 +413,11 @@ def get_config() -> ml_collections.ConfigDict:
       # VAE, text encoder, noise schedule and latent scale come from it (config.ldm.model sets only dtype and
       # remat_policy then). None: train the UNet from scratch on the autoencoder of config.autoencoder.
       init_from=ml_collections.config_dict.placeholder(str),
-      # Directory of latent shards from latent_diffusion.encode; None: encode config.data in memory. Stage 2 checks
+      # Directory of latent shards from latent_diffusion.cli.encode; None: encode config.data in memory. Stage 2 checks
       # before it starts that the job finished, wrote records of the configured latent shape, and that its
       # encoder is the first stage this run samples through (autoencoder_workdir).
       latents_path=ml_collections.config_dict.placeholder(str),
-      # Workdir of the latent_diffusion.train run whose autoencoder (workdir/autoencoder/) is stage 2's first stage:
+      # Workdir of the latent_diffusion.cli.train run whose autoencoder (workdir/autoencoder/) is stage 2's first stage:
       # it encodes in memory, and sampling decodes with it. None: this run's own workdir.
       autoencoder_workdir=ml_collections.config_dict.placeholder(str),
       # Latent scale: if scale_by_std, 1/std of the first batch's latents (LDM); else scale_factor.
@@ -442,7 +442,7 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   config.encode = ml_collections.ConfigDict(dict(
-      # Images per encoder call, over all processes (latent_diffusion.encode).
+      # Images per encoder call, over all processes (latent_diffusion.cli.encode).
       batch_size=64,
       # Source records per output shard (the unit of resumption). Each shard starts a new encoder batch
       # (bitwise-equal resumes), so a multiple of batch_size / processes wastes no slots.

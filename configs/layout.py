@@ -1,14 +1,14 @@
 """Layout-to-image on coloured shapes: boxes with classes (3 shapes x 4 colours) as tokens (class, quantized
 x0, y0, x1, y1), encoded by a small transformer trained with the UNet, through cross-attention.
 
-  python -m latent_diffusion.train --config=configs/layout.py --workdir=runs/layout
+  python -m latent_diffusion.cli.train --config=configs/layout.py --workdir=runs/layout
 
 Evaluator 'layout' (latent_diffusion.evaluation.layout): for every box of held-out layouts, is the requested shape
 in the requested colour there (colour and shape classifiers fit on real images)?
 """
 
-from configs import tasks_base
-from configs.base import evaluator
+from latent_diffusion.configs import tasks_base
+from latent_diffusion.configs.base import evaluator
 
 
 def get_config():
@@ -21,7 +21,7 @@ def get_config():
   layout.width = 128
   layout.layers = 2
   layout.heads = 4
-  config.ldm.model.attention_resolutions = (1, 2)
+  config.ldm.model.attention_resolutions = (2, 4)      # cross-attention to the layout at 8x8 and 4x4
   config.sample.guidance_scale = 2.0
   config.evaluate.evals = dict(layout=evaluator("layout"))
   return config

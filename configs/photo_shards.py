@@ -1,18 +1,18 @@
 """Your photos in webdataset tars -> stage 1 -> pre-encoded latents -> unconditional stage 2 -> samples.
 
 The README's "Data at scale" journey (run from the repository root):
-  python -m latent_diffusion.train --config=configs/photo_shards.py --workdir=runs/photos \
+  python -m latent_diffusion.cli.train --config=configs/photo_shards.py --workdir=runs/photos \
       --config.stages="('autoencoder',)" --config.data.train_path='shards/{00000..00002}.tar' \
       --config.data.val_path='shards/00003.tar'
-  python -m latent_diffusion.encode --config=configs/photo_shards.py --autoencoder=runs/photos \
+  python -m latent_diffusion.cli.encode --config=configs/photo_shards.py --autoencoder=runs/photos \
       --input='shards/{00000..00002}.tar' --output=latents/
-  python -m latent_diffusion.train --config=configs/photo_shards.py --workdir=runs/photos_ldm \
+  python -m latent_diffusion.cli.train --config=configs/photo_shards.py --workdir=runs/photos_ldm \
       --config.stages="('ldm',)" --config.ldm.latents_path=latents/ --config.ldm.autoencoder_workdir=runs/photos
-  python -m latent_diffusion.sample --workdir=runs/photos_ldm --num_images=16
+  python -m latent_diffusion.cli.sample --workdir=runs/photos_ldm --num_images=16
 `configs/photo_shards.py:tiny` is the same at seconds-long sizes (the CI version of the journey).
 """
 
-from configs import base, tiny
+from latent_diffusion.configs import base, tiny
 
 SIZES = ("full", "tiny")
 

@@ -1,10 +1,10 @@
 """The quickstart: digits -> autoencoder (f=4) -> class-conditional LDM -> CFG samples, on 2 CPU cores.
 
-  python -m latent_diffusion.train --config=configs/quickstart.py --workdir=runs/quickstart
+  python -m latent_diffusion.cli.train --config=configs/quickstart.py --workdir=runs/quickstart
 (or `bash launch/quickstart.sh`, which installs the requirements first).
 """
 
-from configs import base
+from latent_diffusion.configs import base
 
 
 def get_config():

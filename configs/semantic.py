@@ -1,18 +1,20 @@
 """Semantic synthesis on coloured shapes: a segmentation map (background + 4 colours), one-hot and averaged to the
 8 x 8 latent grid, concatenated to x_t; maps twice the training size give 64 x 64 images (convolutional sampling).
 
-  python -m latent_diffusion.train --config=configs/semantic.py --workdir=runs/semantic
+  python -m latent_diffusion.cli.train --config=configs/semantic.py --workdir=runs/semantic
 
 Evaluator 'semantic' (latent_diffusion.evaluation.semantic): a per-pixel colour classifier (fit on real images)
 reads a map back from each generated image; mean IoU against the input map, at the training size and at 2x.
 """
 
-from configs import tasks_base
-from configs.base import evaluator
+from latent_diffusion.configs import tasks_base
+from latent_diffusion.configs.base import evaluator
 
 
 def get_config():
   config = tasks_base.get_config()
+  tasks_base.use_f4(config)
+  config.ldm.loop.train_steps = 12_000    # f = 4 runs ~5x the LDM steps per second of f = 2
   config.ldm.conditioning.kinds = ("segmentation",)
   config.ldm.conditioning.segmentation.num_classes = 5
   config.evaluate.evals = dict(semantic=evaluator("semantic"))

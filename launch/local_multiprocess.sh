@@ -11,7 +11,7 @@ port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); 
 mkdir -p "$workdir"
 echo "Starting $num_processes processes x $devices devices; logs: $workdir/process_*.log (process 0 shown here)"
 run_process() {  # run_process I: process I of the job
-  XLA_FLAGS="--xla_force_host_platform_device_count=$devices" python -m latent_diffusion.train \
+  XLA_FLAGS="--xla_force_host_platform_device_count=$devices" python -m latent_diffusion.cli.train \
     --workdir="$workdir" --coordinator_address="127.0.0.1:$port" --num_processes="$num_processes" \
     --process_id="$1" "${config_args[@]}"
 }

@@ -6,6 +6,6 @@ set -euo pipefail
 source "$(dirname "$0")/setup_env.sh" requirements.txt
 workdir="${1:-runs/quickstart}"
 shift || true
-python -m latent_diffusion.train --config=configs/quickstart.py --workdir="$workdir" "$@"
+python -m latent_diffusion.cli.train --config=configs/quickstart.py --workdir="$workdir" "$@"
 echo "Samples: $workdir/samples.png   Metrics: $workdir/metrics.json"
 cat "$workdir/metrics.json"

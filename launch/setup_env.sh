@@ -1,4 +1,5 @@
-# Sourced by the local scripts: creates (once) and activates .venv with the pinned requirements.
+# Sourced by the local scripts: creates (once) and activates .venv with the pinned requirements and this
+# package installed editable (`pip install -e .`: the ldm-* console scripts, imports from any directory).
 # Usage: source launch/setup_env.sh [requirements file, default requirements.txt]
 set -euo pipefail
 _repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,10 +11,11 @@ if [ ! -x "$_repo/.venv/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 source "$_repo/.venv/bin/activate"
-_stamp="$_repo/.venv/.installed-$(basename "$_requirements")-$(cat "$_repo"/requirements*.txt | sha1sum | cut -c1-12)"
+_stamp="$_repo/.venv/.installed-$(basename "$_requirements")-$(cat "$_repo"/requirements*.txt "$_repo/pyproject.toml" | sha1sum | cut -c1-12)"
 if [ ! -f "$_stamp" ]; then
   python -m pip install --quiet pip==26.3
   python -m pip install --quiet -r "$_repo/$_requirements"
+  python -m pip install --quiet --no-deps -e "$_repo"
   touch "$_stamp"
 fi
 cd "$_repo"

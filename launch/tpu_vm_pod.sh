@@ -4,7 +4,7 @@
 #   bash launch/tpu_vm_pod.sh TPU_NAME ZONE WORKDIR [--config=...] [--config.key=value ...]
 # WORKDIR should be a bucket path (gs://...) or a filesystem every worker shares: orbax writes the
 # checkpoint collectively from all hosts; only process 0 writes logs, images and metrics.json.
-# JOB=encode runs latent_diffusion.encode instead of latent_diffusion.train (pass its flags).
+# JOB=encode runs latent_diffusion.cli.encode instead of latent_diffusion.cli.train (pass its flags).
 # Exit code 75: the job was preempted (SIGTERM) and saved a checkpoint; rerun the same command.
 set -euo pipefail
 tpu="$1"; zone="$2"; workdir="$3"; shift 3
@@ -26,5 +26,5 @@ cd latent_diffusion && git fetch -q origin $(q "$branch") && git checkout -q FET
 python3 -m venv .venv && . .venv/bin/activate
 python -m pip install -q pip==26.3
 python -m pip install -q -r requirements.txt 'jax[tpu]==0.10.2' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html
-python -m latent_diffusion.$job --auto_distributed --workdir=$(q "$workdir")$args"
+python -m latent_diffusion.cli.$job --auto_distributed --workdir=$(q "$workdir")$args"
 gcloud compute tpus tpu-vm ssh "$tpu" --zone="$zone" --worker=all --command="$remote"

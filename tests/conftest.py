@@ -8,8 +8,8 @@ import jax
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-from configs import base
-from latent_diffusion import configuration, pipeline
+from latent_diffusion import configuration, experiment
+from latent_diffusion.configs import base
 
 
 def data_config(**fields):
@@ -29,8 +29,8 @@ def tiny_config(*overrides: str):
 def trained_workdir(tmp_path_factory) -> pathlib.Path:
   """A workdir after configs/tiny.py ran all stages (autoencoder, ldm, evaluate)."""
   workdir = tmp_path_factory.mktemp("tiny_run")
-  pipeline.run(tiny_config(), workdir)
-  assert json.loads((workdir / "metrics.json").read_text()).keys() >= set(pipeline.STAGES)
+  experiment.run(tiny_config(), workdir)
+  assert json.loads((workdir / "metrics.json").read_text()).keys() >= set(experiment.STAGES)
   return workdir
 
 

@@ -1,4 +1,4 @@
-"""Runs latent_diffusion.encode with its arguments and sends itself a signal at the N-th record write.
+"""Runs latent_diffusion.cli.encode with its arguments and sends itself a signal at the N-th record write.
 
   python -c "$KILLER" --config=... --input=... (env KILL_AT_WRITE=N, SIGNAL=SIGKILL|SIGTERM)
 Mid-shard: the earlier records of that shard are in its .partial file, as a preempted or crashed job leaves them.
@@ -9,7 +9,7 @@ import textwrap
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from latent_diffusion.data import latent_shards
-    from latent_diffusion import encode
+    from latent_diffusion.cli import encode
     from absl import app
     writes, kill_at, sig = [0], int(os.environ["KILL_AT_WRITE"]), getattr(signal, os.environ["SIGNAL"])
     original = latent_shards.ShardWriter.write

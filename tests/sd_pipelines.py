@@ -23,11 +23,12 @@ def randomize(module: torch.nn.Module, seed: int) -> None:
         p.copy_(torch.randn(p.shape, generator=gen) / np.sqrt(np.prod(p.shape[1:])))
 
 
-def write_tiny_sd(folder: pathlib.Path, *, sd2: bool = False) -> pathlib.Path:
+def write_tiny_sd(folder: pathlib.Path, *, sd2: bool = False, inpainting: bool = False) -> pathlib.Path:
   """Saves a tiny random StableDiffusionPipeline under folder/pipeline and returns that path.
 
   sd2: the SD 2.x-like variant: linear projections, heads per level, upcast_attention, v-prediction with a
   zero-terminal-SNR trailing DDIM schedule, and a CLIP config with non-default bos / pad / projection_dim.
+  inpainting: a StableDiffusionInpaintPipeline instead (9-channel UNet: latents + mask + masked-image latents).
   """
   tokenizer_dir = text_fixtures.write_tiny_clip_tokenizer(folder / "tokenizer_src")
   tokenizer = transformers.CLIPTokenizer.from_pretrained(tokenizer_dir)
@@ -39,7 +40,7 @@ def write_tiny_sd(folder: pathlib.Path, *, sd2: bool = False) -> pathlib.Path:
   unet_options = dict(use_linear_projection=True, attention_head_dim=(2, 4), upcast_attention=True) if sd2 else \
       dict(attention_head_dim=4)
   unet = diffusers.UNet2DConditionModel(
-      sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+      sample_size=8, in_channels=9 if inpainting else 4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
       down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
       cross_attention_dim=text_encoder.config.hidden_size, norm_num_groups=8, **unet_options)
   vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
@@ -51,7 +52,8 @@ def write_tiny_sd(folder: pathlib.Path, *, sd2: bool = False) -> pathlib.Path:
                   set_alpha_to_one=False, steps_offset=1)
   if sd2:
     schedule.update(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing")
-  pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+  pipeline_class = diffusers.StableDiffusionInpaintPipeline if inpainting else diffusers.StableDiffusionPipeline
+  pipe = pipeline_class(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                            scheduler=diffusers.DDIMScheduler(**schedule), safety_checker=None,
                                            feature_extractor=None, requires_safety_checker=False)
   pipe.save_pretrained(folder / "pipeline")
@@ -66,5 +68,22 @@ def diffusers_images(folder, prompts, latents: np.ndarray, num_steps: int, sched
     pipe.scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
   with torch.no_grad():
     out = pipe(prompts, num_inference_steps=num_steps, latents=torch.from_numpy(latents.transpose(0, 3, 1, 2).copy()),
+               output_type="np", **kwargs)
+  return out.images
+
+
+def diffusers_inpainted(folder, prompts, image: np.ndarray, mask: np.ndarray, latents: np.ndarray, num_steps: int,
+                        **kwargs) -> np.ndarray:
+  """diffusers' StableDiffusionInpaintPipeline from `folder`: images [B, H, W, C] in [0, 1] for NHWC images in
+  [-1, 1], masks [B, H, W] (1 = to fill) and NHWC initial latents. diffusers draws the masked image's latent from
+  the VAE posterior with its own generator; it is given the posterior mode here (what ours uses), encoded by
+  diffusers' own VAE."""
+  pipe = diffusers.StableDiffusionInpaintPipeline.from_pretrained(folder, local_files_only=True)
+  nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+  image_t, mask_t = nchw(image), torch.from_numpy(mask[:, None].copy())
+  with torch.no_grad():
+    masked = pipe.vae.encode(image_t * (mask_t < 0.5)).latent_dist.mode() * pipe.vae.config.scaling_factor
+    out = pipe(prompts, image=(image_t + 1) / 2, mask_image=mask_t, masked_image_latents=masked,
+               height=image.shape[1], width=image.shape[2], num_inference_steps=num_steps, latents=nchw(latents),
                output_type="np", **kwargs)
   return out.images

@@ -11,7 +11,7 @@ import pathlib
 import ml_collections
 import pytest
 
-from configs import base
+from latent_diffusion.configs import base
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "latent_diffusion"
 # Variable name -> the config section it holds, wherever the package uses that name.

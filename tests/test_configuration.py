@@ -71,7 +71,7 @@ def test_checkpointed_config_round_trips_through_json():
 
 def test_cli_rejects_a_bad_key_before_doing_any_work(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "latent_diffusion.train", f"--config={QUICKSTART}",
+      [sys.executable, "-m", "latent_diffusion.cli.train", f"--config={QUICKSTART}",
        "--config.autoencoder.loop.train_stepz=5", f"--workdir={tmp_path}"],
       capture_output=True, text=True, timeout=120)
   assert result.returncode != 0

@@ -1,4 +1,4 @@
-"""The pre-encoding job (latent_diffusion.encode): shards of real photos with corrupt entries ->
+"""The pre-encoding job (latent_diffusion.cli.encode): shards of real photos with corrupt entries ->
 latent shards; killed mid-shard and rerun equals an uninterrupted run; stage 2 trains on them."""
 
 import json
@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from latent_diffusion import parallel
+from latent_diffusion.data import images, latent_shards, tar_shards
 from latent_diffusion.preemption import PREEMPTED_EXIT_CODE
-from latent_diffusion.data import images, latent_shards, tar_shards, tokenization
 from latent_diffusion.training import ldm
 from latent_diffusion.weights import pretrained
+from latent_diffusion.weights import tokenization
 from tests.conftest import tiny_config
 from tests import text_fixtures
 from tests.encode_killer import KILLER
@@ -43,7 +44,7 @@ def inputs(tmp_path_factory):
 
 def _encode_command(inputs, output, *extra):
   pattern, _, _, vae = inputs
-  return [sys.executable, "-m", "latent_diffusion.encode", "--config=configs/tiny.py", f"--input={pattern}",
+  return [sys.executable, "-m", "latent_diffusion.cli.encode", "--config=configs/tiny.py", f"--input={pattern}",
           f"--output={output}", f"--vae={vae}", "--config.data.name=tar_shards",
           f"--config.data.image_size={IMAGE_SIZE}", "--config.encode.batch_size=4",
           "--config.encode.text=tokens", "--config.ldm.conditioning.text.encoder=trained",

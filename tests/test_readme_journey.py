@@ -2,8 +2,8 @@
 (SIGKILLed once, then rerun) -> stage 2 on the latents -> samples, through the command-line tools only.
 
 The commands are read from README.md (the bash block after '<!-- journey: photo_shards'), so a README command
-that stops working fails here. They run in a folder laid out like the repository root (a `configs` link, the
-package on PYTHONPATH) with `configs/photo_shards.py:tiny` for `configs/photo_shards.py`. The other tests check
+that stops working fails here. They run in a folder of their own (the package on PYTHONPATH, which finds
+`configs/<name>.py` among its packaged configs) with `configs/photo_shards.py:tiny` for `configs/photo_shards.py`. The other tests check
 what each step of the journey used to get wrong (issue 18): each would fail on the code before the fix.
 """
 
@@ -18,7 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from latent_diffusion import configuration, encode, encoding, parallel
+from latent_diffusion import configuration, encoding, parallel
+from latent_diffusion.cli import encode
 from latent_diffusion.data import latent_shards, tar_shards
 from latent_diffusion.models import AutoencoderKL
 from latent_diffusion.training import ldm
@@ -75,7 +76,6 @@ def _tensorboard_images(directory: pathlib.Path) -> dict[str, np.ndarray]:
 def journey(tmp_path_factory, cached_compiles_env):
   """Runs the README's commands in order; returns (root, env, expected keys, {step: CompletedProcess})."""
   root = tmp_path_factory.mktemp("journey")
-  (root / "configs").symlink_to(REPO / "configs")
   (root / "shards").mkdir()
   expected, _ = photo_fixtures.write_shards(root / "shards", num_shards=3, per_shard=8)  # 00002.tar is truncated
   (root / "val").mkdir()
@@ -118,8 +118,8 @@ def test_the_readme_journey_runs_as_written(journey):
 def test_stage_two_refuses_an_unfinished_encode(journey):
   """Defect 5: a killed, not-yet-rerun encode output was read as part of the data without a word (stage 2 reads
   the manifest before anything else: test_stage_two_checks_its_first_stage_and_data_before_training)."""
-  assert re.fullmatch(r"The encode job writing latents has not finished \(\d of 3 shards complete, no manifest.json\): "
-                      r"rerun the same latent_diffusion.encode command \(it resumes and redoes only the missing "
+  assert re.fullmatch(r"The encode job writing \S+/latents has not finished \(\d of 3 shards complete, no manifest.json\): "
+                      r"rerun the same latent_diffusion.cli.encode command \(it resumes and redoes only the missing "
                       r"shards\), then start stage 2.", journey[3]["unfinished"]), journey[3]["unfinished"]
 
 

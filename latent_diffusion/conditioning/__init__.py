@@ -17,9 +17,9 @@ from latent_diffusion.conditioning.layout import LayoutConditioner, LayoutTokeni
 from latent_diffusion.conditioning.low_res import LowResConditioner
 from latent_diffusion.conditioning.segmentation import SegmentationConditioner
 from latent_diffusion.conditioning.text import TextConditioner
-from latent_diffusion.data import tokenization
 from latent_diffusion.models.text import BertEncoder
 from latent_diffusion.weights import text as text_weights
+from latent_diffusion.weights import tokenization
 
 TEXT_ENCODERS = ("pretrained", "trained")
 

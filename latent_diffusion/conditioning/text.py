@@ -8,7 +8,7 @@ exactly what diffusers computes for `negative_prompt=""`.
 
 Where training reads text from (`source`):
   caption  captions tokenized on the host, encoder run inside the train step;
-  tokens   token ids stored with the latents by latent_diffusion.encode (same tokenizer, same length);
+  tokens   token ids stored with the latents by latent_diffusion.cli.encode (same tokenizer, same length);
   context  encoder outputs stored with the latents (frozen encoders only): the step runs no encoder.
 """
 
@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from latent_diffusion.conditioning.base import Conditioner
-from latent_diffusion.parallel import box_like
-from latent_diffusion.data import tokenization
 from latent_diffusion.data.images import SkipCounter
 from latent_diffusion.models.text import BertEncoder, CLIPTextTransformer
+from latent_diffusion.parallel import box_like
+from latent_diffusion.weights import tokenization
 
 SOURCES = ("caption", "tokens", "context")
 MISSING_CAPTION = ("empty", "skip")
@@ -95,7 +95,7 @@ class TextConditioner(Conditioner):
 
   def prepare(self, example: dict) -> dict | None:
     """A record without a caption (None or no field) is counted and trained as the empty prompt, or dropped
-    (missing_caption='skip'); stored tokens / contexts of such records are those of '' (latent_diffusion.encode)."""
+    (missing_caption='skip'); stored tokens / contexts of such records are those of '' (latent_diffusion.cli.encode)."""
     key = example.get("key", "")
     caption = example.get("caption")
     if caption is None:
@@ -108,7 +108,7 @@ class TextConditioner(Conditioner):
     missing = [name for name in self.input_fields() if name not in example]
     if missing:
       raise ValueError(f"Record {key!r} lacks {missing}: config.ldm.conditioning.text.source={self.source!r} "
-                       f"reads them from latent records written by latent_diffusion.encode with "
+                       f"reads them from latent records written by latent_diffusion.cli.encode with "
                        f"--config.encode.text={'context' if self.source == 'context' else 'tokens'}.")
     inputs = {name: np.asarray(example[name]) for name in self.input_fields()}
     length = inputs[self.input_fields()[0]].shape[0]

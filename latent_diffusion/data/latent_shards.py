@@ -100,7 +100,7 @@ def shard_paths(directory: str | pathlib.Path) -> list[str]:
   """Sorted complete shard files of an encoding job's output directory."""
   paths = sorted(glob.glob(str(pathlib.Path(directory) / f"*{SUFFIX}")))
   if not paths:
-    raise FileNotFoundError(f"No latent shards (*{SUFFIX}) in {directory}; run latent_diffusion.encode first.")
+    raise FileNotFoundError(f"No latent shards (*{SUFFIX}) in {directory}; run latent_diffusion.cli.encode first.")
   return paths
 
 
@@ -116,7 +116,7 @@ def open_shards(paths: list[str]) -> grain.sources.ArrayRecordDataSource:
       except RuntimeError as error:
         broken.append(f"{path} ({str(error)[:160]})")
     raise LatentShardError(f"Latent shard(s) cannot be opened (truncated or not ArrayRecord): {broken}. Delete each "
-                           f"with its .json sidecar and rerun the same latent_diffusion.encode command: it redoes "
+                           f"with its .json sidecar and rerun the same latent_diffusion.cli.encode command: it redoes "
                            f"exactly the missing shards.") from None
 
 
@@ -162,10 +162,10 @@ def read_manifest(directory: str | pathlib.Path) -> dict:
   that was killed and not rerun, and stage 2 would see only part of the data.
   """
   directory = pathlib.Path(directory)
-  rerun = "rerun the same latent_diffusion.encode command (it resumes and redoes only the missing shards)"
+  rerun = "rerun the same latent_diffusion.cli.encode command (it resumes and redoes only the missing shards)"
   if not directory.is_dir():
     raise LatentsNotReadyError(f"config.ldm.latents_path={directory}: no such folder; write it with "
-                               f"latent_diffusion.encode --output={directory}.")
+                               f"latent_diffusion.cli.encode --output={directory}.")
   path = directory / MANIFEST
   if not path.is_file():
     done, planned = len(list(directory.glob("latents-*.json"))), sorted(directory.glob(f"latents-*{SUFFIX}*"))

@@ -12,56 +12,35 @@ every process can take its slice (`dataset[process_index::process_count]`) of th
 import collections
 import dataclasses
 import hashlib
-import itertools
 import json
 import os
 import pathlib
-import re
 import tarfile
 
+import braceexpand
 import numpy as np
 
 # Image member extensions, in order of preference when a sample has several.
 IMAGE_FORMATS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 # Columns of `ShardIndex.spans`: which member each (offset, size) pair locates.
 _IMAGE, _CAPTION, _METADATA = 0, 1, 2
-_BRACES = re.compile(r"\{([^{}]*)\}")
-_RANGE = re.compile(r"^(\d+)\.\.(\d+)$")
 _BLOCK = tarfile.BLOCKSIZE
 _INDEX_VERSION = 1
-
-
-def expand_braces(pattern: str) -> list[str]:
-  """'a/{000..002}.tar' -> ['a/000.tar', 'a/001.tar', 'a/002.tar']; '{x,y}' -> x and y.
-
-  Numeric ranges keep the zero padding of their first bound; several groups expand as a product,
-  leftmost slowest.
-  """
-  match = _BRACES.search(pattern)
-  if match is None:
-    return [pattern]
-  body, head, tail = match.group(1), pattern[:match.start()], pattern[match.end():]
-  numeric = _RANGE.match(body)
-  if numeric:
-    first, last = numeric.groups()
-    if int(last) < int(first):
-      raise ValueError(f"Empty range {{{body}}} in shard pattern {pattern!r}.")
-    options = [str(i).zfill(len(first)) for i in range(int(first), int(last) + 1)]
-  else:
-    options = body.split(",")
-    if len(options) < 2:
-      raise ValueError(f"Brace group {{{body}}} in {pattern!r} is neither a range 'a..b' nor a list 'a,b'.")
-  return [head + option + rest for option in options for rest in expand_braces(tail)]
 
 
 def expand_shards(patterns: str | list[str]) -> tuple[list[pathlib.Path], list[str]]:
   """(existing shard files, missing paths) named by one or more brace patterns, in pattern order.
 
+  Patterns expand as bash does (braceexpand): 'a/{000..002}.tar' keeps the zero padding, '{x,y}' lists,
+  several groups expand as a product, leftmost slowest; backslashes are path characters, not escapes.
   img2dataset leaves gaps where a shard failed to download, so missing shards are returned rather
   than fatal; a pattern set that matches no file at all raises FileNotFoundError.
   """
   patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-  paths = [pathlib.Path(p) for p in itertools.chain.from_iterable(expand_braces(p) for p in patterns)]
+  try:
+    paths = [pathlib.Path(p) for pattern in patterns for p in braceexpand.braceexpand(pattern, escape=False)]
+  except braceexpand.UnbalancedBracesError as error:
+    raise ValueError(f"Shard pattern(s) {patterns}: {error}; write ranges as {{00000..00127}}.") from None
   found = [p for p in paths if p.is_file()]
   if not found:
     raise FileNotFoundError(f"No shard file matches {patterns} (expanded to {len(paths)} paths, "

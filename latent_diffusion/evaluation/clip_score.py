@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latent_diffusion.data import tokenization
 from latent_diffusion.evaluation import resizing
 from latent_diffusion.evaluation.networks import Network, sharded_outputs
+from latent_diffusion.weights import tokenization
 from latent_diffusion.weights.clip import CLIPModelWeights, load_clip_model
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -222,7 +222,7 @@ def encode_split(config, model: LatentDiffusion, split: str, batch_size: int = 2
 
 def raw_latents(config, model: LatentDiffusion) -> grain.MapDataset:
   """Examples {'latent_mean', 'latent_logvar' [h, w, c], other record fields}: the shards of
-  latent_diffusion.encode under config.ldm.latents_path, or config.data encoded here in memory."""
+  latent_diffusion.cli.encode under config.ldm.latents_path, or config.data encoded here in memory."""
   if config.ldm.latents_path:
     if model.conditioning.reads_image:
       raise ValueError(f"{model.conditioning.describe()} conditioning reads each image's pixels, which latent shards "
@@ -370,7 +370,7 @@ def run_config(workdir: pathlib.Path):
   """The config a run's stage 2 was trained with (saved with its checkpoints)."""
   meta = loop.latest_meta(workdir / "ldm")
   if meta is None:
-    raise FileNotFoundError(f"No LDM checkpoint under {workdir / 'ldm'}; train one with latent_diffusion.train first.")
+    raise FileNotFoundError(f"No LDM checkpoint under {workdir / 'ldm'}; train one with latent_diffusion.cli.train first.")
   return configuration.config_from_json(meta["config"]), meta
 
 

@@ -21,16 +21,15 @@ class TrainState:
 
 
 def learning_rate_schedule(optim_config, train_steps: int) -> optax.Schedule:
-  """Linear warmup to `lr`, then constant or cosine decay to `lr * final_lr_fraction`."""
-  warmup = optax.linear_schedule(0.0, optim_config.lr, max(optim_config.warmup_steps, 1))
+  """Linear warmup from 0 to `lr`, then constant or cosine decay to `lr * final_lr_fraction` at `train_steps`."""
+  lr, warmup_steps = optim_config.lr, optim_config.warmup_steps
   if optim_config.schedule == "constant":
-    after = optax.constant_schedule(optim_config.lr)
-  elif optim_config.schedule == "cosine":
-    after = optax.cosine_decay_schedule(
-        optim_config.lr, max(train_steps - optim_config.warmup_steps, 1), alpha=optim_config.final_lr_fraction)
-  else:
-    raise ValueError(f"Unknown optim.schedule {optim_config.schedule!r}; expected 'constant' or 'cosine'.")
-  return optax.join_schedules([warmup, after], [optim_config.warmup_steps])
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup_steps, 1)), optax.constant_schedule(lr)],
+                                [warmup_steps])
+  if optim_config.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, max(train_steps, warmup_steps + 1),
+                                              end_value=lr * optim_config.final_lr_fraction)
+  raise ValueError(f"Unknown optim.schedule {optim_config.schedule!r}; expected 'constant' or 'cosine'.")
 
 
 def make_optimizer(optim_config, train_steps: int) -> optax.GradientTransformation:

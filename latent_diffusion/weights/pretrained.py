@@ -5,6 +5,10 @@ unet/ and vae/ (config.json + diffusion_pytorch_model.safetensors), text_encoder
 config.json + model.safetensors), tokenizer/ and scheduler/ (scheduler_config.json). Every
 module configuration is derived from those files; nothing is fetched from a network. An export
 writes every config key the import read (the files' own configs, updated from the modules).
+
+Two pipelines share that layout: StableDiffusionPipeline (text -> image; the UNet reads the VAE's c latent
+channels) and StableDiffusionInpaintPipeline (its UNet reads 2c + 1: x_t, the mask at the latent grid and the
+masked image's latent; conditioning text + 'inpaint'). The UNet's input channels tell them apart.
 """
 
 import json
@@ -14,14 +18,15 @@ from typing import Any
 import flax.linen as nn
 
 from latent_diffusion.bundle import LatentDiffusion
-from latent_diffusion.conditioning import Conditioning, TextConditioner
-from latent_diffusion.data import tokenization
+from latent_diffusion.conditioning import Conditioning, InpaintConditioner, TextConditioner
 from latent_diffusion.weights import autoencoder as autoencoder_weights
-from latent_diffusion.weights import files, mapping, scheduler as scheduler_weights, text as text_weights
+from latent_diffusion.weights import files, mapping, scheduler as scheduler_weights, text as text_weights, tokenization
 from latent_diffusion.weights import unet as unet_weights
 
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-_PIPELINE_CLASS = "StableDiffusionPipeline"
+# Conditioning kinds -> the diffusers pipeline class of that layout.
+_PIPELINE_CLASSES = {frozenset({"text"}): "StableDiffusionPipeline",
+                     frozenset({"text", "inpaint"}): "StableDiffusionInpaintPipeline"}
 _DIFFUSERS_VERSION = "0.42.1"
 _COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -56,8 +61,20 @@ def load_text_conditioner(encoder_folder: str | pathlib.Path, tokenizer_folder: 
   return TextConditioner(tokenizer, encoder, params, **options), config
 
 
+def _inpainting_unet(unet, latent_channels: int, folder: pathlib.Path) -> bool:
+  """True for SD-inpainting's UNet (2c + 1 input channels), False for text-to-image (c); else ValueError."""
+  if unet.in_channels in (latent_channels, 2 * latent_channels + 1):
+    return unet.in_channels != latent_channels
+  raise ValueError(f"{folder / 'unet' / 'config.json'}: in_channels={unet.in_channels} fits neither a text-to-image "
+                   f"UNet ({latent_channels}, the VAE's latent channels) nor an inpainting one "
+                   f"({2 * latent_channels + 1}: latents + mask + masked-image latents).")
+
+
 def load_diffusers(folder: str | pathlib.Path) -> LatentDiffusion:
-  """Reads a diffusers StableDiffusionPipeline-style folder (local only); the text encoder is frozen."""
+  """Reads a diffusers StableDiffusionPipeline or StableDiffusionInpaintPipeline folder (local only); the text
+  encoder is frozen. An inpainting model samples from {'prompt', 'image' [B, H, W, 3] in [-1, 1], 'mask'
+  [B, H, W] (1 = to fill)} and, as diffusers' 9-channel pipeline, does not paste the known region back
+  (InpaintConditioner.keep_known=False)."""
   folder = pathlib.Path(folder)
   index = files.read_json(folder / "model_index.json", "diffusers pipeline index (model_index.json)")
   absent = [name for name in _COMPONENTS if not index.get(name) or index[name][0] is None]
@@ -72,15 +89,21 @@ def load_diffusers(folder: str | pathlib.Path) -> LatentDiffusion:
   if text.width != unet.context_dim:
     raise ValueError(f"{folder}: the text encoder's width {text.width} does not match the UNet's "
                      f"cross_attention_dim {unet.context_dim}.")
+  scale_factor = autoencoder_weights.scaling_factor(vae_config)
+  conditioners = [text] + ([InpaintConditioner(keep_known=False)] if _inpainting_unet(unet, vae.embed_dim, folder)
+                           else [])
+  conditioning = Conditioning(conditioners).with_first_stage(vae, vae_params, scale_factor)
+  conditioner_params = {"text": {"encoder": text.encoder_params}}
+  if "inpaint" in conditioning:
+    conditioner_params["inpaint"] = nn.unbox(conditioning["inpaint"].frozen_params())
   scheduler_config = files.read_json(folder / "scheduler" / "scheduler_config.json", "scheduler config")
   schedule, sampler, options = scheduler_weights.from_diffusers_scheduler(scheduler_config)
   size = unet_config["sample_size"]
   return LatentDiffusion(
-      unet=unet, autoencoder=vae, conditioning=Conditioning([text]), schedule=schedule,
-      schedule_config=scheduler_weights.schedule_config_from_diffusers(scheduler_config),
-      scale_factor=autoencoder_weights.scaling_factor(vae_config),
+      unet=unet, autoencoder=vae, conditioning=conditioning, schedule=schedule,
+      schedule_config=scheduler_weights.schedule_config_from_diffusers(scheduler_config), scale_factor=scale_factor,
       latent_shape=(size, size, vae.embed_dim), sampler=sampler, sampler_options=options,
-      params={"unet": unet_params, "autoencoder": vae_params, "conditioner": {"text": {"encoder": text.encoder_params}}},
+      params={"unet": unet_params, "autoencoder": vae_params, "conditioner": conditioner_params},
       source_configs={"unet": unet_config, "vae": vae_config, "scheduler": scheduler_config,
                       "text_encoder": text_config})
 
@@ -106,15 +129,20 @@ def _exported_text_encoder(text: TextConditioner, params: dict) -> tuple[nn.Modu
 
 
 def save_diffusers(model: LatentDiffusion, folder: str | pathlib.Path) -> None:
-  """Writes `model` as a diffusers StableDiffusionPipeline folder that diffusers' from_pretrained and
-  load_diffusers read; diffusers then samples what our Generator samples (text-conditional models)."""
-  if model.conditioning.kinds != ("text",):
-    raise ValueError(f"A diffusers StableDiffusionPipeline is text-conditional; this model is conditioned on "
+  """Writes `model` as a diffusers StableDiffusionPipeline folder (text-conditional models) or
+  StableDiffusionInpaintPipeline folder (text + inpaint) that diffusers' from_pretrained and load_diffusers read;
+  diffusers then samples what our Generator samples."""
+  pipeline_class = _PIPELINE_CLASSES.get(frozenset(model.conditioning.kinds))
+  if pipeline_class is None:
+    raise ValueError(f"A diffusers Stable Diffusion pipeline is conditioned on text (StableDiffusionPipeline) or on "
+                     f"text + inpaint (StableDiffusionInpaintPipeline); this model is conditioned on "
                      f"{model.conditioning.describe()}.")
   folder = pathlib.Path(folder)
   source = model.source_configs
   text = model.conditioning["text"]
-  unet = model.unet if model.unet.in_channels is not None else model.unet.clone(in_channels=model.latent_shape[2])
+  latent_channels = model.latent_shape[2]
+  in_channels = 2 * latent_channels + 1 if "inpaint" in model.conditioning else latent_channels
+  unet = model.unet if model.unet.in_channels is not None else model.unet.clone(in_channels=in_channels)
   unet_config = {**source.get("unet", {"sample_size": model.latent_shape[0]}),
                  **unet_weights.to_diffusers_config(unet, "UNet2DConditionModel")}
   unet_config["sample_size"] = source.get("unet", {}).get("sample_size", model.latent_shape[0])
@@ -137,7 +165,7 @@ def save_diffusers(model: LatentDiffusion, folder: str | pathlib.Path) -> None:
       model.schedule_config, model.sampler, model.sampler_options)
   (folder / "scheduler").mkdir(parents=True, exist_ok=True)
   (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2))
-  index = {"_class_name": _PIPELINE_CLASS, "_diffusers_version": _DIFFUSERS_VERSION,
+  index = {"_class_name": pipeline_class, "_diffusers_version": _DIFFUSERS_VERSION,
            "requires_safety_checker": False, "feature_extractor": [None, None], "safety_checker": [None, None],
            "image_encoder": [None, None], "unet": ["diffusers", unet_config["_class_name"]],
            "vae": ["diffusers", vae_config["_class_name"]],

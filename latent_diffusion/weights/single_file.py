@@ -16,9 +16,8 @@ import numpy as np
 
 from latent_diffusion.bundle import LatentDiffusion
 from latent_diffusion.conditioning import Conditioning, TextConditioner
-from latent_diffusion.data import tokenization
 from latent_diffusion.weights import autoencoder as autoencoder_weights
-from latent_diffusion.weights import files, mapping, scheduler as scheduler_weights, text as text_weights
+from latent_diffusion.weights import files, mapping, scheduler as scheduler_weights, text as text_weights, tokenization
 from latent_diffusion.weights import unet as unet_weights
 
 UNET_PREFIX = "model.diffusion_model."

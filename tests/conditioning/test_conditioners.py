@@ -10,9 +10,9 @@ import pytest
 
 from latent_diffusion import conditioning
 from latent_diffusion.bundle import unet_init_fn
-from latent_diffusion.data import tokenization
 from latent_diffusion.models import UNet
 from latent_diffusion.weights import text as text_weights
+from latent_diffusion.weights import tokenization
 from tests.conftest import tiny_config
 
 LATENT = (4, 8, 4)

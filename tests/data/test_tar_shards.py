@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from latent_diffusion.data import tar_shards
-from latent_diffusion.data.tar_shards import TarShardSource, expand_braces, expand_shards
+from latent_diffusion.data.tar_shards import TarShardSource, expand_shards
 from tests.data import photo_fixtures
 from tests.data.photo_fixtures import write_tar
 
@@ -28,14 +28,15 @@ def source(shards):
   return TarShardSource(shards[0])
 
 
-def test_brace_patterns_expand_in_order_keeping_zero_padding():
-  assert expand_braces("s/{008..011}.tar") == ["s/008.tar", "s/009.tar", "s/010.tar", "s/011.tar"]
-  assert expand_braces("{a,b}/{0..1}.tar") == ["a/0.tar", "a/1.tar", "b/0.tar", "b/1.tar"]
-  assert expand_braces("plain.tar") == ["plain.tar"]
-  with pytest.raises(ValueError, match="Empty range"):
-    expand_braces("{5..3}.tar")
-  with pytest.raises(ValueError, match="neither a range"):
-    expand_braces("{x}.tar")
+def test_brace_patterns_expand_in_order_keeping_zero_padding(tmp_path):
+  names = ["s008.tar", "s009.tar", "s010.tar", "a0.tar", "a1.tar", "b0.tar", "b1.tar", "plain.tar"]
+  for name in names:
+    (tmp_path / name).touch()
+  found, missing = expand_shards([f"{tmp_path}/s{{008..010}}.tar", f"{tmp_path}/{{a,b}}{{0..1}}.tar",
+                                  f"{tmp_path}/plain.tar"])
+  assert [p.name for p in found] == names and not missing
+  with pytest.raises(ValueError, match=r"Shard pattern.*Unbalanced braces.*ranges as"):
+    expand_shards(f"{tmp_path}/s{{008..010.tar")
 
 
 def test_missing_shards_are_reported_and_no_match_is_an_error(shards, tmp_path):

@@ -20,7 +20,7 @@ EVALS = ("fid", "fid_collapsed", "precision_recall", "kid", "inception_score", "
 
 def evaluation_config(mesh_overrides: tuple[str, ...]):
   """configs/tiny.py with 30 generated samples (4 batches of 8, the last padded) and small real subsets."""
-  from configs.base import evaluator
+  from latent_diffusion.configs.base import evaluator
   from tests.conftest import tiny_config
 
   config = tiny_config(

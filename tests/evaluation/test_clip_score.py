@@ -8,9 +8,9 @@ import torch
 import transformers
 
 from latent_diffusion import parallel
-from latent_diffusion.data import tokenization
 from latent_diffusion.evaluation import clip_score, runner
 from latent_diffusion.evaluation.sources import Batch
+from latent_diffusion.weights import tokenization
 from latent_diffusion.weights.clip import load_clip_model
 from latent_diffusion.weights.mapping import WeightImportError
 from tests.conftest import tiny_config

@@ -8,8 +8,8 @@ import ml_collections
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from configs.base import evaluator
-from latent_diffusion import pipeline
+from latent_diffusion import experiment
+from latent_diffusion.configs.base import evaluator
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def test_a_failing_evaluator_names_the_file_and_loses_nothing(trained_workdir, t
   with config.unlocked():
     config.evaluate.evals = ml_collections.ConfigDict(dict(
         fid=evaluator("fid"), fid_inception=evaluator("fid", network="inception", output="pool3")))
-  metrics = pipeline.run(config, workdir)
+  metrics = experiment.run(config, workdir)
   figures = json.loads((workdir / "metrics.json").read_text())["evaluate"]
   assert figures == metrics["evaluate"]
   assert "pt_inception.pth" in figures["errors"]["fid_inception"]

@@ -14,10 +14,10 @@ import pytest
 import torch
 import transformers
 
-from latent_diffusion.data.tokenization import load_tokenizer, tokenize
 from latent_diffusion.models.text import BertEncoder
 from latent_diffusion.weights import text as text_weights
 from latent_diffusion.weights.mapping import WeightImportError, import_params, prefixed
+from latent_diffusion.weights.tokenization import load_tokenizer, tokenize
 from tests.text_fixtures import MODEL_MAX_LENGTH, tiny_clip_text_config, tiny_vocab_size, write_tiny_clip_tokenizer
 
 TOL = 1e-5

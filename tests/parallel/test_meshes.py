@@ -50,7 +50,7 @@ def test_training_job_runs_on_a_multi_device_mesh(tmp_path):
   """The real CLI loop (transfer guard, donation, checkpoints) on a 2 x 2 (data x fsdp) mesh."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
   result = subprocess.run(
-      [sys.executable, "-m", "latent_diffusion.train", "--config=configs/tiny.py", f"--workdir={tmp_path}",
+      [sys.executable, "-m", "latent_diffusion.cli.train", "--config=configs/tiny.py", f"--workdir={tmp_path}",
        "--config.stages=('autoencoder',)", "--config.mesh.shape=(2, 2, 1)", "--config.autoencoder.loop.train_steps=40"],
       env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]

@@ -64,7 +64,7 @@ def _start(inputs, output, env):
   port.close()
   env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   return [subprocess.Popen(
-      [sys.executable, "-m", "latent_diffusion.encode", "--config=configs/tiny.py", f"--input={pattern}",
+      [sys.executable, "-m", "latent_diffusion.cli.encode", "--config=configs/tiny.py", f"--input={pattern}",
        f"--output={output}", f"--vae={vae}", "--config.data.name=tar_shards", "--config.data.image_size=16",
        "--config.encode.batch_size=64", f"--config.encode.records_per_shard={PER_SHARD}",
        f"--coordinator_address={coordinator}", "--num_processes=2", f"--process_id={i}"],

@@ -325,7 +325,7 @@ def test_damaged_latent_shards_raise_a_named_error_or_skip_and_count(fuzz_root, 
       try:
         dataset = latent_shards.latent_dataset(case_dir, skips)
       except latent_shards.LatentShardError as error:
-        assert f"s{latent_shards.SUFFIX}" in str(error) and "rerun the same latent_diffusion.encode" in str(error)
+        assert f"s{latent_shards.SUFFIX}" in str(error) and "rerun the same latent_diffusion.cli.encode" in str(error)
         outcomes["LatentShardError"] += 1
         return
       examples = list(dataset.to_iter_dataset())

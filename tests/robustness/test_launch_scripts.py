@@ -58,7 +58,7 @@ def test_tpu_pod_command_quotes_every_value(tmp_path):
   calls = _calls(record)
   assert ["git", "clone", "--branch", HOSTILE["branch"], "--", HOSTILE["repo"], "latent_diffusion"] in calls
   assert ["git", "fetch", "-q", "origin", HOSTILE["branch"]] in calls
-  assert ["python", "-m", "latent_diffusion.train", "--auto_distributed", f"--workdir={HOSTILE['workdir']}",
+  assert ["python", "-m", "latent_diffusion.cli.train", "--auto_distributed", f"--workdir={HOSTILE['workdir']}",
           "--config=configs/quickstart.py", HOSTILE["arg"]] in calls
   installs = [c for c in calls if c[:4] == ["python", "-m", "pip", "install"]]
   assert all(a.startswith("-") or "==" in a or a == "requirements.txt" or "://" in a for c in installs for a in c[4:])
@@ -87,6 +87,6 @@ def test_slurm_requeues_a_preempted_job(tmp_path, srun_exit, requeued, status):
                        capture_output=True, text=True)
   assert ran.returncode == status, ran.stderr
   calls = _calls(record)
-  assert calls[0] == ["srun", "--kill-on-bad-exit=1", "python", "-m", "latent_diffusion.train", "--auto_distributed",
+  assert calls[0] == ["srun", "--kill-on-bad-exit=1", "python", "-m", "latent_diffusion.cli.train", "--auto_distributed",
                       f"--workdir={HOSTILE['workdir']}", HOSTILE["arg"]]
   assert (["scontrol", "requeue", "1234"] in calls) == requeued

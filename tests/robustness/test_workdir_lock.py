@@ -36,7 +36,7 @@ def test_a_second_job_refuses_naming_the_holder(holder, tmp_path):
                      match=rf"run is in use by another training job \(host {socket.gethostname()}, pid {holder.pid}, "):
     with workdir_lock.hold(tmp_path / "run", "training job"):
       pass
-  train = subprocess.run([sys.executable, "-m", "latent_diffusion.train", "--config=configs/tiny.py",
+  train = subprocess.run([sys.executable, "-m", "latent_diffusion.cli.train", "--config=configs/tiny.py",
                           f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
   assert train.returncode != 0
   assert f"WorkdirInUseError: {tmp_path / 'run'} is in use by another training job" in train.stderr

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs import base
 from latent_diffusion import data, parallel
+from latent_diffusion.configs import base
 from latent_diffusion.training import loop, state as state_lib
 
 EXAMPLES, FEATURES = 96, 8

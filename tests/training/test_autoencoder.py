@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from latent_diffusion import parallel, pipeline
+from latent_diffusion import experiment, parallel
 from latent_diffusion.models import VQModel
 from latent_diffusion.training import autoencoder
 from latent_diffusion.training.checkpoint import StageCheckpoints
@@ -64,7 +64,7 @@ def run(tmp_path_factory, random_lpips):
   _, vgg_path, heads_path = random_lpips
   config = vq_gan_config(vgg_path, heads_path)
   workdir = tmp_path_factory.mktemp("vq_gan") / "run"
-  return config, workdir, pipeline.run(config, workdir)
+  return config, workdir, experiment.run(config, workdir)
 
 
 def restore(config, workdir: pathlib.Path, step: int):

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from configs import base
+from latent_diffusion.configs import base
 from latent_diffusion.models.discriminator import NLayerDiscriminator
 from latent_diffusion.models.lpips import LPIPS, load_lpips_params
 from latent_diffusion.training import autoencoder_loss

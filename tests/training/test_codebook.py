@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import base
+from latent_diffusion.configs import base
 from latent_diffusion.training import codebook
 from latent_diffusion.training.state import mean_over_microbatches
 

@@ -8,8 +8,8 @@ import optax
 import pytest
 from ml_collections import ConfigDict
 
-from configs import base
 from latent_diffusion import parallel
+from latent_diffusion.configs import base
 from latent_diffusion.training.state import (TrainState, accumulated_gradients, apply_gradients, create_train_state,
                                              ema_update, learning_rate_schedule, make_optimizer)
 

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 
 def _train(workdir: pathlib.Path, *overrides: str) -> list[str]:
-  return [sys.executable, "-m", "latent_diffusion.train", "--config=configs/tiny_text.py", f"--workdir={workdir}",
+  return [sys.executable, "-m", "latent_diffusion.cli.train", "--config=configs/tiny_text.py", f"--workdir={workdir}",
           *(f"--config.{o}" for o in overrides)]
 
 
@@ -135,7 +135,7 @@ def test_scratch_run_exports_through_the_cli_and_diffusers_samples_the_same(auto
   trained = subprocess.run(_train(workdir, "stages=('ldm',)", "ldm.loop.train_steps=5"), capture_output=True,
                            text=True, timeout=900)
   assert trained.returncode == 0, trained.stderr[-3000:]
-  exported = subprocess.run([sys.executable, "-m", "latent_diffusion.export", f"--workdir={workdir}",
+  exported = subprocess.run([sys.executable, "-m", "latent_diffusion.cli.export", f"--workdir={workdir}",
                              f"--output={tmp_path / 'export'}"], capture_output=True, text=True, timeout=600)
   assert exported.returncode == 0, exported.stderr[-3000:]
   index = json.loads((tmp_path / "export" / "model_index.json").read_text())
@@ -149,11 +149,11 @@ def test_scratch_run_exports_through_the_cli_and_diffusers_samples_the_same(auto
   assert ours.shape == theirs.shape == (2, 16, 32, 1)
   assert np.abs(ours - theirs).max() <= 2 / 255
   # The same run through the sampling CLI: prompts in, one PNG per prompt; a label is refused by name.
-  sampled = subprocess.run([sys.executable, "-m", "latent_diffusion.sample", f"--workdir={workdir}", "--steps=3",
+  sampled = subprocess.run([sys.executable, "-m", "latent_diffusion.cli.sample", f"--workdir={workdir}", "--steps=3",
                             "--prompt=3 then 7", "--prompt=seven to the right of one", f"--output={tmp_path / 'png'}"],
                            capture_output=True, text=True, timeout=600)
   assert sampled.returncode == 0, sampled.stderr[-3000:]
   assert sorted(p.name for p in (tmp_path / "png").glob("*.png")) == ["0000.png", "0001.png", "grid.png"]
-  refused = subprocess.run([sys.executable, "-m", "latent_diffusion.sample", f"--workdir={workdir}", "--label=3"],
+  refused = subprocess.run([sys.executable, "-m", "latent_diffusion.cli.sample", f"--workdir={workdir}", "--label=3"],
                            capture_output=True, text=True, timeout=600)
   assert refused.returncode != 0 and "--label given, but this model is conditioned on text" in refused.stderr

@@ -165,7 +165,7 @@ def test_shape_mismatch_names_the_keys(sd_folder, tmp_path):
 
 def test_sample_cli_writes_images_and_reports_timings(sd_folder, tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "latent_diffusion.sample", f"--pretrained={sd_folder}", "--prompt=a red square",
+      [sys.executable, "-m", "latent_diffusion.cli.sample", f"--pretrained={sd_folder}", "--prompt=a red square",
        "--steps=3", "--guidance=7.5", f"--output={tmp_path}"], capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "compile" in result.stdout and "per image" in result.stdout

@@ -1,4 +1,4 @@
-"""Prompts -> token ids with a Hugging Face tokenizer read from a local folder (never downloaded)."""
+"""A pretrained folder's Hugging Face tokenizer (read locally, never downloaded) and prompts -> token ids."""
 
 import pathlib
 

@@ -1,12 +1,13 @@
 """Pre-encodes an image collection into ArrayRecord latent shards with a trained autoencoder.
 
-  python -m latent_diffusion.encode --config=configs/quickstart.py --autoencoder=runs/quickstart \
+  ldm-encode --config=configs/quickstart.py --autoencoder=runs/quickstart \
       --input='shards/{00000..00127}.tar' --output=latents/ --config.data.name=tar_shards \
       --config.data.image_size=256 [--config.encode.output=sample --config.encode.dtype=bfloat16]
       [--config.encode.text=context --config.ldm.conditioning.text.encoder_path=clip-text-encoder/]
+  (or python -m latent_diffusion.cli.encode with the same arguments)
 
 Resumable and exactly once: rerun the same command after a crash. Multi-host: run it on every
-host with the flags of latent_diffusion.train (--coordinator_address ... or --auto_distributed).
+host with the flags of latent_diffusion.cli.train (--coordinator_address ... or --auto_distributed).
 One job per output folder (a second one refuses, naming the holder). On SIGTERM it abandons its
 unfinished shards and exits with code 75 (latent_diffusion.preemption.PREEMPTED_EXIT_CODE).
 Stage 2 reads the output with --config.ldm.latents_path=latents/.
@@ -18,13 +19,14 @@ import pathlib
 import jax
 from absl import app, flags, logging
 
-from latent_diffusion import cli_flags, conditioning, console, configuration, data, encoding, parallel, preemption, workdir_lock
+from latent_diffusion import cli, conditioning, configuration, console, data, encoding, parallel, preemption, workdir_lock
+from latent_diffusion.cli import job_flags
 from latent_diffusion.training import autoencoder, loop
 
 _INPUT = flags.DEFINE_string("input", None, "Shard pattern (tar_shards) or class-folder root (image_folder).",
                              required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Directory for the latent shards and manifest.json.", required=True)
-_AUTOENCODER = flags.DEFINE_string("autoencoder", None, "Workdir of a latent_diffusion.train run whose "
+_AUTOENCODER = flags.DEFINE_string("autoencoder", None, "Workdir of a latent_diffusion.cli.train run whose "
                                    "autoencoder (EMA weights of the latest checkpoint) encodes.")
 # Photos are decoded as RGB whatever their file's mode (latent_diffusion.data.images.DecodeImage).
 PHOTO_CHANNELS = 3
@@ -67,14 +69,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.configure_logging()
-  cli_flags.initialize_distributed()
+  job_flags.initialize_distributed()
   preemption.install()
   config = configuration.parsed_config()
   if config.data.name not in data.IMAGE_SOURCES:
     raise app.UsageError(f"--config.data.name={config.data.name!r}: encode reads {sorted(data.IMAGE_SOURCES)}.")
   mesh = parallel.make_mesh(config.mesh)
   output = pathlib.Path(_OUTPUT.value)
-  with cli_flags.user_errors_as_messages(), workdir_lock.hold(output, "encode job"):
+  with job_flags.user_errors_as_messages(), workdir_lock.hold(output, "encode job"):
     ae, ae_params, encoder_name = load_encoder(mesh)
     check_encoder(ae, encoder_name, config.data.image_size)
     source = data.IMAGE_SOURCES[config.data.name](_INPUT.value, config.data)
@@ -95,5 +97,10 @@ def main(argv):
   print(json.dumps(summary, indent=1))
 
 
+def run():
+  """The `ldm-encode` console script."""
+  cli.run_main(main, __name__, configuration.flags_parser)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=configuration.flags_parser)
+  run()

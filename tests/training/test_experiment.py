@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from latent_diffusion import generation, parallel, pipeline
+from latent_diffusion import experiment, generation, parallel
 from latent_diffusion.preemption import PREEMPTED_EXIT_CODE
 from latent_diffusion.training import ldm
 from latent_diffusion.training.autoencoder import load_params as load_autoencoder
@@ -32,7 +32,7 @@ def test_both_stages_learn(trained_workdir):
   assert stage2["train_loss_last"] < 0.8 * stage2["train_loss_first"]
   assert ae["val_psnr_db"] > 10.0
   assert 0.1 < stage2["scale_factor"] < 100.0
-  for name in pipeline.STAGES:
+  for name in experiment.STAGES:
     assert metrics[name]["wall_time_s"] > 0
   assert (trained_workdir / "autoencoder" / "tensorboard").is_dir()
 
@@ -60,14 +60,14 @@ def test_deterministic_ddim_sampling_from_the_checkpoint(trained_workdir):
 
 def test_sample_cli_restores_the_checkpoint(trained_workdir, tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "latent_diffusion.sample", f"--workdir={trained_workdir}", f"--output={tmp_path}",
+      [sys.executable, "-m", "latent_diffusion.cli.sample", f"--workdir={trained_workdir}", f"--output={tmp_path}",
        "--num_images=3", "--label=7", "--num_steps=4", "--guidance_scale=2.0", "--seed=1"],
       capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   files = sorted(p.name for p in tmp_path.glob("*.png"))
   assert files == ["0000_class7.png", "0001_class7.png", "0002_class7.png", "grid.png"]
   assert Image.open(tmp_path / "0000_class7.png").size == (16, 16)
-  bad = subprocess.run([sys.executable, "-m", "latent_diffusion.sample", f"--workdir={trained_workdir}", "--label=10"],
+  bad = subprocess.run([sys.executable, "-m", "latent_diffusion.cli.sample", f"--workdir={trained_workdir}", "--label=10"],
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "--label=10 is not a class of this model" in bad.stderr
 
@@ -76,19 +76,19 @@ def _checkpoint_steps(directory: pathlib.Path) -> list[int]:
   return sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit()) if directory.exists() else []
 
 
-_STEPS = 60
+STEPS = 60
 
 
-def _train_command(workdir):
-  return [sys.executable, "-m", "latent_diffusion.train", "--config=configs/tiny.py", f"--workdir={workdir}",
+def train_command(workdir):
+  return [sys.executable, "-m", "latent_diffusion.cli.train", "--config=configs/tiny.py", f"--workdir={workdir}",
           "--config.stages=('autoencoder',)", "--config.autoencoder.loop.checkpoint_every_steps=10",
-          f"--config.autoencoder.loop.train_steps={_STEPS}", "--config.autoencoder.loop.eval_every_steps=1000"]
+          f"--config.autoencoder.loop.train_steps={STEPS}", "--config.autoencoder.loop.eval_every_steps=1000"]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted_autoencoder(tmp_path_factory, cached_compiles_env):
   workdir = tmp_path_factory.mktemp("uninterrupted")
-  run = subprocess.run(_train_command(workdir), capture_output=True, timeout=300, env=cached_compiles_env)
+  run = subprocess.run(train_command(workdir), capture_output=True, timeout=300, env=cached_compiles_env)
   assert run.returncode == 0
   return workdir
 
@@ -98,7 +98,7 @@ def _interrupt(workdir, signum, env, until) -> tuple[int, str]:
   checkpoints = workdir / "autoencoder" / "checkpoints"
   log = workdir.parent / f"{workdir.name}.{signum}.log"
   with open(log, "w") as stderr:
-    job = subprocess.Popen(_train_command(workdir), stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+    job = subprocess.Popen(train_command(workdir), stdout=subprocess.DEVNULL, stderr=stderr, env=env)
     try:
       deadline = time.time() + 240
       while not until(_checkpoint_steps(checkpoints)) and time.time() < deadline and job.poll() is None:
@@ -121,19 +121,19 @@ def test_preempted_then_killed_training_resumes_exactly(tmp_path, uninterrupted_
   match = re.search(r"autoencoder: preempted \(SIGTERM\); stopped cleanly at step (\d+)\.", log)
   assert match, log[-3000:]
   stopped = int(match.group(1))
-  assert 20 <= stopped < _STEPS and _checkpoint_steps(checkpoints)[-1] == stopped
+  assert 20 <= stopped < STEPS and _checkpoint_steps(checkpoints)[-1] == stopped
 
   code, log = _interrupt(workdir, signal.SIGKILL, env, until=lambda steps: steps and steps[-1] > stopped)
   assert code == -signal.SIGKILL and f"autoencoder: resumed from checkpoint at step {stopped}." in log
   killed_at = StageCheckpoints(checkpoints, read_only=True).latest_step()
-  assert stopped < killed_at < _STEPS, "the run was not killed mid-way"
+  assert stopped < killed_at < STEPS, "the run was not killed mid-way"
 
-  resumed = subprocess.run(_train_command(workdir), capture_output=True, text=True, timeout=300, env=env)
+  resumed = subprocess.run(train_command(workdir), capture_output=True, text=True, timeout=300, env=env)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"autoencoder: resumed from checkpoint at step {killed_at}." in resumed.stderr
   a = json.loads((workdir / "metrics.json").read_text())["autoencoder"]
   b = json.loads((uninterrupted_autoencoder / "metrics.json").read_text())["autoencoder"]
-  assert a["train_steps"] == b["train_steps"] == _STEPS
+  assert a["train_steps"] == b["train_steps"] == STEPS
   assert a["train_loss_last"] == b["train_loss_last"]  # the same batches and keys after the resumes
   assert a["val_psnr_db"] == b["val_psnr_db"]
   config = tiny_config()

@@ -15,7 +15,8 @@ import time
 
 import jax
 
-from latent_diffusion import console, evaluate, parallel, preemption, workdir_lock
+from latent_diffusion import console, parallel, preemption, workdir_lock
+from latent_diffusion.evaluation import stage as evaluation_stage
 from latent_diffusion.training import autoencoder, ldm, loop
 
 # Training stage name -> its loop options (a stage whose checkpoint reached train_steps is skipped on a rerun).
@@ -25,7 +26,7 @@ TRAINING_LOOPS = {"autoencoder": lambda config: config.autoencoder.loop, "ldm": 
 STAGES = {
     "autoencoder": autoencoder.train,
     "ldm": ldm.train,
-    "evaluate": evaluate.evaluate,
+    "evaluate": evaluation_stage.evaluate,
 }
 
 

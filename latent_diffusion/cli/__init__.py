@@ -1,0 +1,18 @@
+"""Command-line entry points: `ldm-<job>` console scripts = `python -m latent_diffusion.cli.<job>`.
+
+train (the stages of config.stages), evaluate (the evaluate stage of a trained run), sample, encode (latent shards),
+export (a diffusers folder); job_flags: the multi-host flags of train and encode and how jobs end on bad input.
+"""
+
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+
+
+def run_main(main: Callable[[list[str]], None], module: str, flags_parser: Callable | None = None) -> None:
+  """Runs `main` under absl as `python -m <module>` does; as a console script too, where the program is not
+  `module`: its flags become the program's key flags, so that `--help` lists them."""
+  for flag in flags.FLAGS.get_key_flags_for_module(module):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  app.run(main, **({"flags_parser": flags_parser} if flags_parser else {}))
