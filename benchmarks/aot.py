@@ -42,7 +42,7 @@ sys.path[:0] = [str(pathlib.Path(__file__).resolve().parents[1]), str(pathlib.Pa
 
 from tpu_topology import GiB, compiled_figures, topology_devices  # noqa: E402
 from latent_diffusion import configuration, parallel  # noqa: E402
-from latent_diffusion.data import tokenization  # noqa: E402
+from latent_diffusion.weights import tokenization  # noqa: E402
 from latent_diffusion.models.text import CLIPTextTransformer  # noqa: E402
 from latent_diffusion.training import ldm, loop  # noqa: E402
 from latent_diffusion.training.state import abstract_train_state  # noqa: E402

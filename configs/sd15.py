@@ -8,7 +8,7 @@ Pre-encode latents and text contexts (text.source='context'), then train stage 2
 The UNet matches diffusers' UNet2DConditionModel of SD 1.5 (checked by benchmarks/aot.py's parameter count).
 """
 
-from configs import base
+from latent_diffusion.configs import base
 
 
 def get_config():

@@ -3,7 +3,7 @@ XLA attention -- the one SD-size setup AOT-compiled so far (benchmarks/README.md
 at peak, XLA cost model 0.171 s / step = 46.8 images/s/chip (an estimate, not a measured step time).
 """
 
-from configs import sd15
+from latent_diffusion.configs import sd15
 
 
 def get_config():

@@ -3,7 +3,7 @@ heads (5, 10, 20, 20 per level), linear projections in the transformer blocks an
 layer as context, 77 x 1024.
 """
 
-from configs import sd15
+from latent_diffusion.configs import sd15
 
 
 def get_config():
