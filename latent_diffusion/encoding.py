@@ -37,6 +37,22 @@ OUTPUTS = ("moments", "sample")
 TEXT_OUTPUTS = ("none", "tokens", "context")
 DTYPES = ("float32", "bfloat16", "float16")
 
+# Photos are decoded as RGB whatever their file's mode (latent_diffusion.data.images.DecodeImage).
+PHOTO_CHANNELS = 3
+
+
+def check_encoder(ae, encoder_name: str, image_size: int) -> None:
+  """ValueError unless `ae` takes the photos the job decodes (RGB) at image_size (a multiple of its factor f)."""
+  if ae.in_channels != PHOTO_CHANNELS:
+    raise ValueError(
+        f"The encoder {encoder_name} takes {ae.in_channels}-channel images, but the photos of --input are decoded "
+        f"as {PHOTO_CHANNELS}-channel RGB. Encode with an autoencoder trained on such photos (stage 1 with "
+        f"--config.autoencoder.model.in_channels={PHOTO_CHANNELS}, see README 'Data at scale') or a --vae folder.")
+  f = 2 ** (len(ae.ch_mult) - 1)
+  if image_size % f:
+    raise ValueError(f"--config.data.image_size={image_size} is not a multiple of the encoder's downsampling "
+                     f"factor f={f} ({encoder_name}); choose a multiple of {f}.")
+
 
 @dataclasses.dataclass(frozen=True)
 class Shard:

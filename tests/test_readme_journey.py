@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 from latent_diffusion import configuration, encoding, parallel
-from latent_diffusion.cli import encode
 from latent_diffusion.data import latent_shards, tar_shards
 from latent_diffusion.models import AutoencoderKL
 from latent_diffusion.training import ldm
@@ -217,9 +216,9 @@ def test_command_line_misuse_gets_a_usage_message(journey):
 def test_the_encoder_must_take_rgb_photos():
   """Defect 1: the README's --autoencoder=runs/quickstart (1 channel) died ~24 s in with a Flax ScopeParamShapeError."""
   digits = AutoencoderKL(in_channels=1, ch=8, ch_mult=(1, 2, 2), groups=4)
-  with pytest.raises(encode.app.UsageError, match=r"takes 1-channel images, but the photos of --input are decoded as "
+  with pytest.raises(ValueError, match=r"takes 1-channel images, but the photos of --input are decoded as "
                                                   r"3-channel RGB"):
-    encode.check_encoder(digits, "runs/quickstart/autoencoder", 16)
-  with pytest.raises(encode.app.UsageError, match=r"image_size=18 is not a multiple of the encoder's downsampling "
+    encoding.check_encoder(digits, "runs/quickstart/autoencoder", 16)
+  with pytest.raises(ValueError, match=r"image_size=18 is not a multiple of the encoder's downsampling "
                                                   r"factor f=4"):
-    encode.check_encoder(digits.clone(in_channels=3), "runs/photos/autoencoder", 18)
+    encoding.check_encoder(digits.clone(in_channels=3), "runs/photos/autoencoder", 18)

@@ -28,8 +28,6 @@ _INPUT = flags.DEFINE_string("input", None, "Shard pattern (tar_shards) or class
 _OUTPUT = flags.DEFINE_string("output", None, "Directory for the latent shards and manifest.json.", required=True)
 _AUTOENCODER = flags.DEFINE_string("autoencoder", None, "Workdir of a latent_diffusion.cli.train run whose "
                                    "autoencoder (EMA weights of the latest checkpoint) encodes.")
-# Photos are decoded as RGB whatever their file's mode (latent_diffusion.data.images.DecodeImage).
-PHOTO_CHANNELS = 3
 
 _VAE = flags.DEFINE_string("vae", None, "Or: a local diffusers AutoencoderKL folder (config.json + safetensors), "
                            "e.g. the vae/ of a Stable Diffusion pipeline.")
@@ -52,19 +50,6 @@ def load_encoder(mesh):
   return ae, params, f"{workdir / 'autoencoder'} (latest checkpoint)"
 
 
-def check_encoder(ae, encoder_name: str, image_size: int) -> None:
-  """UsageError unless `ae` takes the photos the job decodes (RGB) at image_size (a multiple of its factor f)."""
-  if ae.in_channels != PHOTO_CHANNELS:
-    raise app.UsageError(
-        f"The encoder {encoder_name} takes {ae.in_channels}-channel images, but the photos of --input are decoded "
-        f"as {PHOTO_CHANNELS}-channel RGB. Encode with an autoencoder trained on such photos (stage 1 with "
-        f"--config.autoencoder.model.in_channels={PHOTO_CHANNELS}, see README 'Data at scale') or a --vae folder.")
-  f = 2 ** (len(ae.ch_mult) - 1)
-  if image_size % f:
-    raise app.UsageError(f"--config.data.image_size={image_size} is not a multiple of the encoder's downsampling "
-                         f"factor f={f} ({encoder_name}); choose a multiple of {f}.")
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -78,7 +63,7 @@ def main(argv):
   output = pathlib.Path(_OUTPUT.value)
   with job_flags.user_errors_as_messages(), workdir_lock.hold(output, "encode job"):
     ae, ae_params, encoder_name = load_encoder(mesh)
-    check_encoder(ae, encoder_name, config.data.image_size)
+    encoding.check_encoder(ae, encoder_name, config.data.image_size)
     source = data.IMAGE_SOURCES[config.data.name](_INPUT.value, config.data)
     text = conditioning.text_conditioner(config, source="caption") if config.encode.text != "none" else None
     ae_workdir = str(pathlib.Path(_AUTOENCODER.value).absolute()) if _AUTOENCODER.value else None
