@@ -11,8 +11,10 @@ if [ ! -x "$_repo/.venv/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 source "$_repo/.venv/bin/activate"
-_stamp="$_repo/.venv/.installed-$(basename "$_requirements")-$(cat "$_repo"/requirements*.txt "$_repo/pyproject.toml" | sha1sum | cut -c1-12)"
-if [ ! -f "$_stamp" ]; then
+_hash="$(cat "$_repo"/requirements*.txt "$_repo/pyproject.toml" | sha1sum | cut -c1-12)"
+_stamp="$_repo/.venv/.installed-$(basename "$_requirements")-$_hash"
+# requirements-test.txt includes requirements.txt: a test install serves the jobs too.
+if [ ! -f "$_stamp" ] && [ ! -f "$_repo/.venv/.installed-requirements-test.txt-$_hash" ]; then
   python -m pip install --quiet pip==26.3
   python -m pip install --quiet -r "$_repo/$_requirements"
   python -m pip install --quiet --no-deps -e "$_repo"

@@ -1,6 +1,7 @@
 """Launch scripts: hostile values (spaces, quotes, $(...)) reach the remote job as literal text, and
 a preempted SLURM job (exit 75) is requeued. Cloud tools are replaced by recorders on PATH."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -90,3 +91,20 @@ def test_slurm_requeues_a_preempted_job(tmp_path, srun_exit, requeued, status):
   assert calls[0] == ["srun", "--kill-on-bad-exit=1", "python", "-m", "latent_diffusion.cli.train", "--auto_distributed",
                       f"--workdir={HOSTILE['workdir']}", HOSTILE["arg"]]
   assert (["scontrol", "requeue", "1234"] in calls) == requeued
+
+
+@pytest.mark.slow
+def test_local_launcher_runs_two_processes_and_shows_process_0(tmp_path):
+  """README's one-machine launcher, as typed: 2 processes x 1 CPU device over gloo (data over DCN), a short
+  stage 1; process 0's progress and summary reach the console at once, every process writes its log."""
+  workdir = tmp_path / "run"
+  launched = subprocess.run(
+      ["bash", "launch/local_multiprocess.sh", "2", "1", str(workdir), "--config=configs/tiny.py",
+       "--config.stages=('autoencoder',)", "--config.autoencoder.loop.train_steps=20",
+       "--config.mesh.shape=(1, 1, 1)", "--config.mesh.dcn_shape=(2, 1, 1)"],
+      cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+  assert launched.stdout.startswith("Starting 2 processes x 1 devices")
+  assert "autoencoder  step 20/20 (100%)" in launched.stdout       # process 0's last progress line, shown live
+  assert sorted(p.name for p in workdir.glob("process_*.log")) == ["process_0.log", "process_1.log"]
+  assert json.loads((workdir / "metrics.json").read_text())["autoencoder"]["train_steps"] == 20
