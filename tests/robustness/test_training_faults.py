@@ -107,7 +107,7 @@ def _truncate_iterator_state(step_dir):
 
 @pytest.mark.parametrize("damage", [_truncate_data_files, _delete_manifest, _uncommit, _truncate_iterator_state])
 def test_a_damaged_latest_step_is_skipped_with_a_warning_and_the_previous_one_resumes_exactly(
-    uninterrupted, tmp_path, caplog, damage):
+    uninterrupted, tmp_path, caplog, capsys, damage):
   source, reference, history = uninterrupted
   shutil.copytree(source / "toy", tmp_path / "toy")
   damage(tmp_path / "toy" / "checkpoints" / "12")
@@ -120,7 +120,7 @@ def test_a_damaged_latest_step_is_skipped_with_a_warning_and_the_previous_one_re
   else:
     assert "Checkpoint step 12 in" in messages and "is damaged" in messages
     assert list((tmp_path / "toy" / "checkpoints_damaged").glob("12-*"))   # kept aside for inspection
-  assert "toy: resumed from checkpoint at step 8." in messages
+  assert "toy: resumed from checkpoint at step 8." in capsys.readouterr().err    # a console line, not a log record
   assert [h["step"] for h in resumed_history] == [9, 10, 11, 12]
   assert [h["loss"] for h in resumed_history] == [h["loss"] for h in history[8:]]
   _assert_same_state(state, reference)   # bitwise: the same batches and keys after the resume
@@ -176,7 +176,8 @@ def test_harmless_config_changes_are_accepted_and_logged(uninterrupted, tmp_path
   messages = " ".join(r.getMessage() for r in caplog.records)
   assert "config.toy.loop.train_steps changed from 12 to 14 (accepted" in messages
   assert "config.toy.loop.log_every_steps changed from 1 to 2 (accepted" in messages
-  assert int(state.step) == 14 and [h["step"] for h in history] == [14]
+  # Logged every 2 steps now, and the first step of every (resumed) run is logged as well.
+  assert int(state.step) == 14 and [h["step"] for h in history] == [13, 14]
 
 
 def test_readers_skip_a_damaged_step_without_moving_it(uninterrupted, tmp_path, caplog):
