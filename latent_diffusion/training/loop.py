@@ -203,8 +203,9 @@ def _train(stage: Stage, checkpoints: StageCheckpoints) -> tuple[Any, dict, list
     last = step == cfg.train_steps
     preempted = preemption.reached()   # every process, every step: they agree on the stopping step
     checkpoint_due = step % cfg.checkpoint_every_steps == 0 or last or preempted
-    # The first step is logged too: a short run still reports its first and last loss.
-    log_due = step % cfg.log_every_steps == 0 or last or step == start + 1
+    # Step 1 is logged too: a short run still reports its first and last loss. (Not the first step after a resume:
+    # the logged windows, hence the logged means, of a resumed run stay those of an uninterrupted one.)
+    log_due = step % cfg.log_every_steps == 0 or last or step == 1
     if log_due or checkpoint_due:
       totals = jax.device_get(tally)
       _check_streak(stage, step, totals, checkpoints)
