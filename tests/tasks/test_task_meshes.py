@@ -1,22 +1,15 @@
 """The task conditioners' train step (inpainting, super-resolution, semantic maps, layouts, all in one model) on a
 (2, 2, 2) mesh of emulated CPU devices equals one device."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from tests.parallel.emulated import run_on_emulated_devices
 
 pytestmark = pytest.mark.slow
 
 
 def test_task_train_step_on_a_2x2x2_mesh_matches_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  result = subprocess.run([sys.executable, "-m", "tests.tasks.task_mesh_trajectories"], env=env,
-                          capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-4000:]
-  runs = json.loads(result.stdout.strip().splitlines()[-1])
+  runs = run_on_emulated_devices("tests.tasks.task_mesh_trajectories")
   one, mesh = runs["(1, 1, 1)"], runs["(2, 2, 2)"]
   # x_t + [inpainting: mask 1 + masked latent 4] + [low-res image 3] + [segmentation 5 classes]; layout context 16.
   assert one["concat_channels"] == 1 + 4 + 3 + 5 and one["context_width"] == 16
