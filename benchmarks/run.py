@@ -20,10 +20,12 @@ import tempfile
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import report  # noqa: E402
 import venvs  # noqa: E402
+
+from latent_diffusion import host_cpu  # noqa: E402
 
 OURS_PYTHON = pathlib.Path(os.environ.get("LATENT_DIFFUSION_PYTHON", HERE.parent / ".venv" / "bin" / "python"))
 SYSTEMS = ("ours", "diffusers_flax", "diffusers_torch")
@@ -86,8 +88,8 @@ def run_workload(workload: str, args) -> dict:
       with tempfile.TemporaryDirectory() as cache:  # cold process fills the cache, the warm one reads it
         out[system] = {"cold": run_process(system_cmd(system, workload, args, cache_dir=cache)),
                        "warm": run_process(system_cmd(system, workload, args, cache_dir=cache))}
-    elif system == "diffusers_torch":
-      for variant in args.torch_variants:
+    elif system in ("diffusers_torch", "ours"):
+      for variant in (args.torch_variants if system == "diffusers_torch" else args.ours_variants):
         key = system + (f"[{variant}]" if variant else "")
         out[key] = run_process(system_cmd(system, workload, args, variant=variant or "none"))
     else:
@@ -105,17 +107,21 @@ def main():
   parser.add_argument("--sample-repeats", type=int, default=2, help="timed repeats of the 50-step sampler")
   parser.add_argument("--sample-warmup", type=int, default=0, help="untimed runs after the first call")
   parser.add_argument("--torch-variants", default="", help="comma-separated: '' (default), channels_last, compile")
+  parser.add_argument("--ours-variants", default="",
+                      help="comma-separated config.compiler.cpu_library_fusions settings: '' (= auto), xla_default, ...")
   parser.add_argument("--peak-n", type=int, default=4096)
   parser.add_argument("--out", default=str(HERE / "results"))
   args = parser.parse_args()
   args.systems = [s for s in args.systems.split(",") if s]
   args.torch_variants = args.torch_variants.split(",")
+  args.ours_variants = args.ours_variants.split(",")
   unknown = set(args.systems) - set(SYSTEMS) | set(args.workloads.split(",")) - set(WORKLOADS)
   if unknown:
     parser.error(f"unknown systems/workloads {sorted(unknown)}; systems: {SYSTEMS}, workloads: {WORKLOADS}")
   start = time.perf_counter()
   results = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "size": args.size,
-             "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "workloads": {}}
+             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": host_cpu.describe().as_dict()},
+             "workloads": {}}
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   for workload in args.workloads.split(","):

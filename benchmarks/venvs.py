@@ -60,7 +60,10 @@ def _built(venv: pathlib.Path, requirements: pathlib.Path, overlay: list[str] | 
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
     (pathlib.Path(site) / "_overlay.pth").write_text("".join(p + "\n" for p in overlay))
-  subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(requirements)], check=True)
+  # The pins in `requirements` are the whole truth for a peer: a machine-wide pip constraint file (pip.conf's
+  # `constraint`, e.g. one that holds the project's torch at another release) must not veto them.
+  env = {**os.environ, "PIP_CONSTRAINT": os.devnull}
+  subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(requirements)], check=True, env=env)
   stamp.write_text(wanted)
   return python
 

@@ -93,6 +93,14 @@ def get_config() -> ml_collections.ConfigDict:
   # Jobs run in this order by latent_diffusion.cli.train; names from latent_diffusion.experiment.STAGES.
   config.stages = ("autoencoder", "ldm", "evaluate")
 
+  config.compiler = ml_collections.ConfigDict(dict(
+      # Ops XLA:CPU hands to its YNNPACK library in train steps, samplers and the pre-encoder (latent_diffusion/
+      # compiler.py): 'auto' = dot,reduce (convolutions by XLA's Eigen kernels, faster here); 'xla_default' =
+      # jaxlib's own choice (dots, convolutions, reductions); 'none'; or comma-separated dot|convolution|reduce|
+      # elementwise. Ignored on TPU / GPU. Read by the train and encode jobs; ldm-sample compiles with 'auto'.
+      cpu_library_fusions="auto",
+  ))
+
   config.mesh = ml_collections.ConfigDict(dict(
       # Device mesh (data, fsdp, tensor) within a slice / host group (ICI); -1 fills with the remaining devices.
       shape=(-1, 1, 1),
@@ -457,6 +465,9 @@ def get_config() -> ml_collections.ConfigDict:
       min_size=0,
       # Decoding threads per process.
       num_threads=4,
+      # Niceness added to the decoding and writing threads (latent_diffusion/host_threads.py): 'auto' = 10 when the
+      # encoder runs on the CPU (host threads then take a core only when XLA's threads leave it), 0 on TPU / GPU.
+      host_nice="auto",
       # Text stored with each record, by the tokenizer / encoder of config.ldm.conditioning.text: 'none',
       # 'tokens' (token ids, and the mask with use_attention_mask) or 'context' (also the frozen encoder's
       # outputs, so that stage 2 runs no text encoder: text.source='context').

@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from latent_diffusion import console, parallel, preemption
+from latent_diffusion import compiler, console, host_threads, parallel, preemption
 from latent_diffusion.data import images as image_transforms
 from latent_diffusion.data import latent_shards
 from latent_diffusion.models import AutoencoderKL
@@ -97,8 +97,8 @@ class _Slot(grain.transforms.Map):
   ''}; bad images stay as invalid slots."""
 
   def __init__(self, source, image_size: int, skips: image_transforms.SkipCounter, min_size: int,
-               tokenize: Callable[[list[str]], dict] | None = None):
-    self.source, self.image_size, self.tokenize = source, image_size, tokenize
+               tokenize: Callable[[list[str]], dict] | None = None, nice: int = 0):
+    self.source, self.image_size, self.tokenize, self.nice = source, image_size, tokenize, nice
     self.decode = image_transforms.DecodeImage(skips, min_size=min_size, draft_size=image_size)
     self.crop = image_transforms.ResizeCrop(image_size, "center", flip=False)
 
@@ -107,6 +107,7 @@ class _Slot(grain.transforms.Map):
     return {"caption": caption, **tokens}
 
   def map(self, index: int) -> dict:
+    host_threads.lower_current_thread(self.nice)   # grain's decoding thread yields the cores to the encoder
     blank = {"image": np.zeros((self.image_size, self.image_size, 3), np.float32), "record": np.int64(index),
              "valid": False, "key": "", "label": np.int64(-1), **self._text("")}
     if index < 0:
@@ -138,7 +139,7 @@ def make_encode_fn(ae: AutoencoderKL, output: str, dtype: str, seed: int, mesh, 
     return {"latent_mean": posterior.mean.astype(dtype), "latent_logvar": posterior.logvar.astype(dtype)}
 
   batch = parallel.batch_sharding(mesh, mesh_config)
-  return jax.jit(encode, in_shardings=(None, batch, batch), out_shardings=batch)
+  return jax.jit(encode, in_shardings=(None, batch, batch), out_shardings=batch, compiler_options=compiler.jit_options())
 
 
 def params_digest(params) -> str:
@@ -196,10 +197,10 @@ class _ShardWriters:
 
 
 def _slot_iterator(source, slots: np.ndarray, local_batch: int, steps: int, image_size: int, min_size: int,
-                   skips, num_threads: int, tokenize):
+                   skips, num_threads: int, tokenize, nice: int):
   padded = np.full(steps * local_batch, -1, np.int64)
   padded[:len(slots)] = slots
-  dataset = grain.MapDataset.source(padded).map(_Slot(source, image_size, skips, min_size, tokenize))
+  dataset = grain.MapDataset.source(padded).map(_Slot(source, image_size, skips, min_size, tokenize, nice))
   dataset = dataset.batch(local_batch)
   return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)))
 
@@ -248,8 +249,9 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
   steps = max(math.ceil(len(s) / local_batch) for s in all_slots)
   skips = image_transforms.SkipCounter("encode")
   tokenize = text.tokenize if encode_config.text != "none" else None
+  nice = host_threads.resolve_nice(encode_config.host_nice, "config.encode.host_nice")
   batches = _slot_iterator(source, all_slots[process], local_batch, steps, image_size,
-                           encode_config.min_size, skips, encode_config.num_threads, tokenize)
+                           encode_config.min_size, skips, encode_config.num_threads, tokenize, nice)
   encode = make_encode_fn(ae, encode_config.output, encode_config.dtype, encode_config.seed, mesh, mesh_config)
   sharding = parallel.batch_sharding(mesh, mesh_config)
   writers = _ShardWriters(shards, encode_config.records_per_shard, output, skips)
@@ -275,31 +277,33 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
                    **{name: value[i] for name, value in latents.items()}}
       writers.add(int(record), example, str(local["key"][i]))
 
+  # Writes run in order on one low-priority thread while the next batch encodes; at most one is in flight.
   # Throughput counts from the end of step 0, whose dispatch includes compiling the encoder.
-  start, pending, done = time.perf_counter(), None, 0
+  start, writing, done = time.perf_counter(), None, 0
   preemption.install()
-  for step in range(steps):
-    local = next(batches)
-    arrays = parallel.global_batch({"image": local["image"], "record": local["record"]}, sharding)
-    latents = encode(ae_params, arrays["image"], arrays["record"])
-    if pending is not None:
-      write(*pending)
-    if step == 0:
-      start = time.perf_counter()
-    else:
-      done += global_batch
-    pending = (local, latents)
-    if done and ((step + 1) % encode_config.log_every_steps == 0 or step + 1 == steps):
-      rate = done / (time.perf_counter() - start)
-      console.say(console.progress_line("encode", step + 1, steps, rate / global_batch, {"images/s": rate}))
-    if preemption.reached() and step + 1 < steps:   # every process, every call: they stop at the same one
-      write(*pending)
-      abandoned = writers.abandon()
-      logging.warning("encode: abandoned unfinished shard(s) %s of this process; a rerun redoes them.", abandoned)
-      multihost_utils.sync_global_devices("encode: preempted")
-      raise preemption.Preempted("encode", step + 1)
-  if pending is not None:
-    write(*pending)
+  with host_threads.low_priority_executor(nice, "encode-write") as writer:
+    for step in range(steps):
+      local = next(batches)
+      arrays = parallel.global_batch({"image": local["image"], "record": local["record"]}, sharding)
+      latents = encode(ae_params, arrays["image"], arrays["record"])
+      if writing is not None:
+        writing.result()                             # raises what the write raised
+      writing = writer.submit(write, local, latents)
+      if step == 0:
+        start = time.perf_counter()
+      else:
+        done += global_batch
+      if done and ((step + 1) % encode_config.log_every_steps == 0 or step + 1 == steps):
+        rate = done / (time.perf_counter() - start)
+        console.say(console.progress_line("encode", step + 1, steps, rate / global_batch, {"images/s": rate}))
+      if preemption.reached() and step + 1 < steps:   # every process, every call: they stop at the same one
+        writing.result()
+        abandoned = writers.abandon()
+        logging.warning("encode: abandoned unfinished shard(s) %s of this process; a rerun redoes them.", abandoned)
+        multihost_utils.sync_global_devices("encode: preempted")
+        raise preemption.Preempted("encode", step + 1)
+    if writing is not None:
+      writing.result()
   seconds = time.perf_counter() - start
   multihost_utils.sync_global_devices("encode: all shards written")
   manifest = _manifest(shards, output, encode_config, encoder_name, params_digest(ae_params),

@@ -15,7 +15,7 @@ import time
 
 import jax
 
-from latent_diffusion import console, parallel, preemption, workdir_lock
+from latent_diffusion import compiler, console, parallel, preemption, workdir_lock
 from latent_diffusion.evaluation import stage as evaluation_stage
 from latent_diffusion.training import autoencoder, ldm, loop
 
@@ -36,6 +36,7 @@ def run(config, workdir: str | pathlib.Path) -> dict:
   unknown = [s for s in config.stages if s not in STAGES]
   if unknown:
     raise ValueError(f"Unknown stage(s) {unknown} in config.stages; known: {list(STAGES)}.")
+  compiler.configure(config)
   workdir.mkdir(parents=True, exist_ok=True)
   preemption.install()
   with workdir_lock.hold(workdir, "training job"):

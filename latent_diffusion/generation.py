@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from latent_diffusion import compiler
 from latent_diffusion.bundle import LatentDiffusion
 from latent_diffusion.diffusion import SAMPLERS, sampler_options
 
@@ -94,7 +95,8 @@ class Generator:
     if key in self._compiled:
       return self._compiled[key], 0.0
     start = time.perf_counter()
-    self._compiled[key] = jax.jit(self._generate_fn(sampler, frozen)).lower(*args).compile()
+    self._compiled[key] = jax.jit(self._generate_fn(sampler, frozen),
+                                  compiler_options=compiler.jit_options()).lower(*args).compile()
     return self._compiled[key], time.perf_counter() - start
 
   def latent_shape(self, height: int | None, width: int | None) -> tuple[int, int, int]:

@@ -26,7 +26,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 
 class Setup:
   def __init__(self, size: str, variant: str):
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the CPUs this process may use (taskset, cpusets)
     torch.manual_seed(0)
     cfg = configs.SIZES[size]
     self.cfg = cfg

@@ -76,9 +76,12 @@ def run_compile(s, args) -> dict:
 WORKLOADS = {"train": run_train, "sample": run_sample, "vae": run_vae, "compile": run_compile}
 
 
-def main(doc: str, setup_cls, system_info: dict) -> None:
-  """Parses the shared flags, runs one workload of `setup_cls(size)` and prints its RESULT line."""
+def main(doc: str, setup_cls, system_info: dict, apply_variant=None) -> None:
+  """Parses the shared flags, runs one workload of `setup_cls(size)` and prints its RESULT line;
+  apply_variant(variant) sets a system-specific --variant up first."""
   args = timing.parse_args(doc.splitlines()[0])
+  if apply_variant is not None:
+    system_info = {**system_info, "variant": apply_variant(args.variant)}
   if args.cache_dir:
     jax.config.update("jax_compilation_cache_dir", args.cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -1,6 +1,7 @@
 """Our system on the shared configs: UNet / AutoencoderKL from the diffusers config dicts, our DDIM.
 
   python benchmarks/systems/ours.py --workload=train|sample|vae|compile [--size=cpu-small] [--repeats=5]
+                                    [--variant=xla_default]   # a config.compiler.cpu_library_fusions setting
 
 Run by benchmarks/run.py in the project's .venv; prints one `RESULT {json}` line.
 """
@@ -17,9 +18,11 @@ import jax_workloads  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from latent_diffusion import compiler  # noqa: E402
 from latent_diffusion.diffusion import samplers, schedule as schedules  # noqa: E402
 from latent_diffusion.weights import autoencoder as ae_weights, scheduler as scheduler_weights  # noqa: E402
 from latent_diffusion.weights import unet as unet_weights  # noqa: E402
@@ -53,14 +56,17 @@ class Setup:
     self.vae_params = jax.jit(init_vae)(jax.random.key(1))
     self.tx = optax.adamw(1e-4)
 
-  def train_step(self):
-    """jit((params, opt_state), latents, context, key) -> ((params, opt_state), loss), state donated."""
+  def train_step(self, unet: nn.Module | None = None):
+    """jit((params, opt_state), latents, context, key) -> ((params, opt_state), loss), state donated; `unet`
+    replaces self.unet (same parameters, e.g. another attention_impl)."""
+    unet = unet or self.unet
+
     def loss_fn(params, latents, context, key):
       t_key, n_key = jax.random.split(key)
       t = jax.random.randint(t_key, latents.shape[:1], 0, self.schedule.num_timesteps)
       noise = jax.random.normal(n_key, latents.shape)
       x_t = schedules.q_sample(self.schedule, latents, t, noise)
-      pred = self.unet.apply({"params": params}, x_t, t, context=context)
+      pred = unet.apply({"params": params}, x_t, t, context=context)
       return jnp.mean((pred - noise) ** 2)
 
     def step(state, latents, context, key):
@@ -69,17 +75,12 @@ class Setup:
       updates, opt_state = self.tx.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), loss
 
-    return jax.jit(step, donate_argnums=0)
+    return jax.jit(step, donate_argnums=0, compiler_options=compiler.jit_options())
 
   def model_flops(self) -> float:
-    """FLOPs of the train step with unblocked attention (jax.nn.dot_product_attention), from XLA's cost
-    analysis of the lowered step: for the step we run it counts the blocked attention's loop bodies once."""
-    from latent_diffusion.models import layers  # pylint: disable=import-outside-toplevel
-    blocked, layers.dot_product_attention = layers.dot_product_attention, jax.nn.dot_product_attention
-    try:
-      cost = self.train_step().lower(*self.train_args()).cost_analysis()
-    finally:
-      layers.dot_product_attention = blocked
+    """FLOPs of the train step with unblocked attention (attention_impl 'xla'), from XLA's cost analysis of the
+    lowered step: for the step we run it counts the blocked attention's loop bodies once."""
+    cost = self.train_step(self.unet.clone(attention_impl="xla")).lower(*self.train_args()).cost_analysis()
     return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
   def train_args(self):
@@ -92,17 +93,26 @@ class Setup:
       z = samplers.ddim_sample(model_fn, self.schedule, x_T, jax.random.key(3), num_steps=configs.SAMPLE_STEPS,
                                cond=cond, uncond=uncond, guidance_scale=configs.GUIDANCE, **self.ddim_options)
       return self.vae.apply({"params": vae_params}, z / self.scale, method="decode")
-    return jax.jit(generate)
+    return jax.jit(generate, compiler_options=compiler.jit_options())
 
   def sample_args(self):
     return self.unet_params, self.vae_params, self.x_T, self.cond, self.uncond
 
   def encode_fn(self):
-    return jax.jit(lambda p, x: self.vae.apply({"params": p}, x, method="encode").mean)
+    return jax.jit(lambda p, x: self.vae.apply({"params": p}, x, method="encode").mean,
+                   compiler_options=compiler.jit_options())
 
   def decode_fn(self):
-    return jax.jit(lambda p, z: self.vae.apply({"params": p}, z, method="decode"))
+    return jax.jit(lambda p, z: self.vae.apply({"params": p}, z, method="decode"),
+                   compiler_options=compiler.jit_options())
+
+
+def apply_variant(variant: str) -> str:
+  """--variant = a config.compiler.cpu_library_fusions setting ('' or 'none': the default, auto)."""
+  setting = "auto" if variant in ("", "none") else variant
+  compiler.configure(ml_collections.ConfigDict({"compiler": {"cpu_library_fusions": setting}}))
+  return setting
 
 
 if __name__ == "__main__":
-  jax_workloads.main(__doc__, Setup, {"system": "ours"})
+  jax_workloads.main(__doc__, Setup, {"system": "ours"}, apply_variant)

@@ -19,7 +19,8 @@ import pathlib
 import jax
 from absl import app, flags, logging
 
-from latent_diffusion import cli, conditioning, configuration, console, data, encoding, parallel, preemption, workdir_lock
+from latent_diffusion import (cli, compiler, conditioning, configuration, console, data, encoding, parallel, preemption,
+                              workdir_lock)
 from latent_diffusion.cli import job_flags
 from latent_diffusion.training import autoencoder, loop
 
@@ -57,6 +58,7 @@ def main(argv):
   job_flags.initialize_distributed()
   preemption.install()
   config = configuration.parsed_config()
+  compiler.configure(config)
   if config.data.name not in data.IMAGE_SOURCES:
     raise app.UsageError(f"--config.data.name={config.data.name!r}: encode reads {sorted(data.IMAGE_SOURCES)}.")
   mesh = parallel.make_mesh(config.mesh)

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from latent_diffusion import generation
+from latent_diffusion import compiler, generation
 from latent_diffusion.bundle import LatentDiffusion
 
 
@@ -37,7 +37,7 @@ class Sampler:
       x_T = jax.random.normal(jax.random.fold_in(rng, 1), (batch, *shape), jax.numpy.float32)
       return sample(params, cond, uncond, x_T, rng, guidance_scale)
 
-    return jax.jit(draw, out_shardings=sharding)
+    return jax.jit(draw, out_shardings=sharding, compiler_options=compiler.jit_options())
 
 
 def sampler(model: LatentDiffusion, config, guidance_scale: float | None = None) -> Sampler:

@@ -13,8 +13,10 @@ attention does. Accelerators use jax.nn.dot_product_attention, which XLA / cuDNN
 import jax
 import jax.numpy as jnp
 
-# Score bytes per block, measured best on this CPU (benchmarks/README.md); about L2 + a share of L3.
-SCORE_BYTES = 4 << 20
+from latent_diffusion import host_cpu
+
+# Score bytes per block; None = derived from the host CPU's caches by score_bytes() (set it to pin a budget).
+SCORE_BYTES: int | None = None
 MIN_ROWS = 16
 
 
@@ -42,15 +44,42 @@ def _block_backward(q, k_t, v_t, out, lse, d_out):
   return d_q, d_k, d_v
 
 
+# Budget when the caches are unknown: between the best budgets measured on the CPUs below.
+FALLBACK_SCORE_BYTES = 2 << 20
+
+
+def score_bytes(cpu: host_cpu.HostCpu | None = None) -> int:
+  """Float32 score bytes per block: SCORE_BYTES if set, else twice the per-core L2, at most a core's share of L3.
+
+  A block's scores are written once and read about four times (softmax, P.V; in the backward pass dP, dS and
+  their two matmuls), so they must stay in cache between passes; with q, k, v and the outputs beside them,
+  two L2s' worth (L2 plus a slice of L3) was best measured (benchmarks/ablate_attention.py, level-0
+  self-attention of cpu-small, forward + backward): 1 MiB on an AMD EPYC (Zen 3, 512 KiB L2; 0.25-1 MiB within
+  1 %, 4 MiB 8 % and 8 MiB 20 % slower), 4 MiB on the machine of the 2026-11-25 benchmark run (AVX-512; its
+  caches were not recorded: Intel Xeons of that class have 2 MiB L2).
+  """
+  if SCORE_BYTES is not None:
+    return SCORE_BYTES
+  cpu = cpu or host_cpu.describe()
+  l2, l3 = cpu.cache(2), cpu.cache(3)
+  if l2 is None:
+    return FALLBACK_SCORE_BYTES
+  budget = 2 * l2.size_bytes // l2.shared_by
+  if l3 is not None:
+    budget = min(budget, l3.size_bytes // min(l3.shared_by, cpu.usable_cpus))
+  return budget
+
+
 def block_shape(pairs: int, queries: int, keys: int) -> tuple[int, int]:
   """(pairs G, query rows c) per block, for `pairs` (batch x head) pairs: rows halve while even,
-  above MIN_ROWS and over SCORE_BYTES; then G is the largest divisor of `pairs` whose
-  [G, c, S] float32 scores fit SCORE_BYTES (at least 1)."""
+  above MIN_ROWS and over score_bytes(); then G is the largest divisor of `pairs` whose
+  [G, c, S] float32 scores fit score_bytes() (at least 1)."""
+  budget = score_bytes()
   row_bytes = keys * 4
   rows = queries
-  while rows > MIN_ROWS and rows % 2 == 0 and rows * row_bytes > SCORE_BYTES:
+  while rows > MIN_ROWS and rows % 2 == 0 and rows * row_bytes > budget:
     rows //= 2
-  return max(g for g in range(1, pairs + 1) if pairs % g == 0 and (g == 1 or g * rows * row_bytes <= SCORE_BYTES)), rows
+  return max(g for g in range(1, pairs + 1) if pairs % g == 0 and (g == 1 or g * rows * row_bytes <= budget)), rows
 
 
 def _split(x: jax.Array, axis: int, size: int) -> jax.Array:

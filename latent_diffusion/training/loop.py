@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latent_diffusion import console, parallel, preemption
+from latent_diffusion import compiler, console, parallel, preemption
 from latent_diffusion.training import resume
 from latent_diffusion.training.batches import batch_iterator
 from latent_diffusion.training.checkpoint import StageCheckpoints
@@ -69,7 +69,7 @@ def compile_step(step_fn: StepFn, rng: jax.Array, state_shardings, mesh, mesh_co
   over 'batch', step_args as given. The root key enters as a compile-time constant, identical on every process."""
   key_data = np.asarray(jax.random.key_data(rng))
   step = lambda state, batch, *args: step_fn(state, batch, jax.random.wrap_key_data(key_data), *args)
-  return jax.jit(step, donate_argnums=0,
+  return jax.jit(step, donate_argnums=0, compiler_options=compiler.jit_options(),
                  in_shardings=(state_shardings, parallel.batch_sharding(mesh, mesh_config), *step_args_shardings),
                  out_shardings=(state_shardings, parallel.replicated(mesh)))
 

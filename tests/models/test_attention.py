@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from latent_diffusion import host_cpu
 from latent_diffusion.models import attention
 
 
@@ -71,3 +72,29 @@ def test_splash_attention_in_interpret_mode_matches_softmax_attention(t, s):
 def test_unknown_attention_impl_is_named():
   with pytest.raises(ValueError, match="attention_impl 'flash'.*known"):
     attention.dot_product_attention(*_inputs(8, 8), impl="flash")
+
+
+def _cpu(l2_kib: int | None, l3_kib: int | None, usable: int = 2, l3_shared_by: int = 8) -> host_cpu.HostCpu:
+  caches = tuple(host_cpu.Cache(level, kib << 10, shared)
+                 for level, kib, shared in ((2, l2_kib, 1), (3, l3_kib, l3_shared_by)) if kib is not None)
+  return host_cpu.HostCpu("test", 8, usable, caches)
+
+
+def test_score_budget_follows_the_caches():
+  assert attention.score_bytes(_cpu(512, 32 << 10)) == 1 << 20     # AMD EPYC Zen 3: 2 x 512 KiB L2
+  assert attention.score_bytes(_cpu(2 << 10, 260 << 10)) == 4 << 20  # Xeon with 2 MiB L2
+  assert attention.score_bytes(_cpu(2 << 10, 4 << 10)) == 2 << 20   # small L3: a core's share (4 MiB / 2 usable)
+  assert attention.score_bytes(_cpu(None, None)) == attention.FALLBACK_SCORE_BYTES
+
+
+def test_host_cpu_reads_sysfs_cache_layout(tmp_path):
+  for index, (level, kind, size, shared) in enumerate([(1, "Data", "32K", "0"), (1, "Instruction", "32K", "0"),
+                                                       (2, "Unified", "2048K", "0-1"), (3, "Unified", "260M", "0-3,8")]):
+    folder = tmp_path / f"index{index}"
+    folder.mkdir()
+    for name, text in (("level", level), ("type", kind), ("size", size), ("shared_cpu_list", shared)):
+      (folder / name).write_text(f"{text}\n")
+  cpu = host_cpu.describe(tmp_path)
+  assert [(c.level, c.size_bytes, c.shared_by) for c in cpu.caches] == [(1, 32 << 10, 1), (2, 2 << 20, 2),
+                                                                        (3, 260 << 20, 5)]
+  assert attention.score_bytes(cpu) == min(2 * (2 << 20) // 2, (260 << 20) // min(5, cpu.usable_cpus))
