@@ -36,8 +36,8 @@ TASK_OVERRIDES = ("data.name=shapes", "data.image_size=16", "data.num_classes=12
 
 
 def first_stage_params(config):
-  """Random first-stage parameters (the same on every mesh), initialised under jit: eagerly, op by op, the
-  autoencoder's init took 23 s of this test's 150 s on one core."""
+  """Random first-stage parameters (the same on every mesh), initialised under jit: building the model and its
+  autoencoder's parameters eagerly, op by op, took 23 s of this test's 150 s on one core."""
   model = ldm.describe(config, None, parallel.make_mesh(config.mesh, jax.devices()[:1]))
   size = config.data.image_size
   init = jax.jit(model.autoencoder.init)
