@@ -14,6 +14,7 @@ from latent_diffusion.configs.base import evaluator
 
 def get_config():
   config = tasks_base.get_config()
+  config.ldm.loop.train_steps = 10_000
   config.ldm.conditioning.kinds = ("inpaint",)
   config.evaluate.evals = dict(inpainting=evaluator("inpainting"))
   return config

@@ -13,6 +13,7 @@ from latent_diffusion.configs.base import evaluator
 
 def get_config():
   config = tasks_base.get_config()
+  config.ldm.loop.train_steps = 5_000
   config.ldm.conditioning.kinds = ("layout",)
   config.ldm.conditioning.drop_prob = 0.1
   layout = config.ldm.conditioning.layout
@@ -21,7 +22,7 @@ def get_config():
   layout.width = 128
   layout.layers = 2
   layout.heads = 4
-  config.ldm.model.attention_resolutions = (2, 4)      # cross-attention to the layout at 8x8 and 4x4
+  config.ldm.model.attention_resolutions = (1, 2)      # cross-attention to the layout at 8x8 and 4x4
   config.sample.guidance_scale = 2.0
   config.evaluate.evals = dict(layout=evaluator("layout"))
   return config

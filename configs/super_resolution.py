@@ -17,7 +17,6 @@ def get_config():
   config = tasks_base.get_config()
   config.data.name = "photo_crops"
   config.data.photo_crops.examples = 4_000
-  tasks_base.use_f4(config)       # 4x super-resolution is the autoencoder's f = 4
   config.ldm.conditioning.kinds = ("low_res",)
   config.ldm.conditioning.low_res.noise_std = 0.02
   config.evaluate.evals = dict(super_resolution=evaluator("super_resolution"))

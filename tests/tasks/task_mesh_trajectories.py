@@ -1,7 +1,8 @@
 """Run as a subprocess with 8 emulated CPU devices: 3 stage-2 train steps of a model conditioned on every task
 conditioner at once (inpainting: masks drawn on device + the frozen first-stage encoder in the step; super-
 resolution: low-resolution images with per-step noise; semantic maps; layouts through the jointly trained
-transformer), on a (1, 1, 1) and a (2, 2, 2) mesh.
+transformer), on a (1, 1, 1) and a (2, 2, 2) mesh, from the same initial state (initialised once, by ldm.init_state
+on one device, then placed by the (2, 2, 2) mesh's state shardings: one init compile instead of two).
 
 Prints one JSON line: {mesh shape: {"losses": [...], "concat_channels": int, "context_width": int}}.
 """
@@ -12,6 +13,9 @@ import os
 import sys
 
 assert "--xla_force_host_platform_device_count=8" in os.environ.get("XLA_FLAGS", ""), "set XLA_FLAGS first"
+# Both meshes compile without LLVM's expensive optimisations: the test compares them with each other, and the two
+# train-step compiles were most of its time.
+os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -20,6 +24,7 @@ import numpy as np  # noqa: E402
 
 from latent_diffusion import data, parallel  # noqa: E402
 from latent_diffusion.training import ldm, loop  # noqa: E402
+from latent_diffusion.training.state import abstract_train_state  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
 KINDS = ("inpaint", "low_res", "segmentation", "layout")
@@ -30,20 +35,29 @@ TASK_OVERRIDES = ("data.name=shapes", "data.image_size=16", "data.num_classes=12
                   "ldm.conditioning.layout.heads=2")
 
 
-def task_model(config, mesh):
-  """ldm.describe's model bound to a random first stage (the same on every mesh) with latent scale 0.7."""
-  model = ldm.describe(config, None, mesh)
+def first_stage_params(config):
+  """Random first-stage parameters (the same on every mesh), initialised under jit: building the model and its
+  autoencoder's parameters eagerly, op by op, took 23 s of this test's 150 s on one core."""
+  model = ldm.describe(config, None, parallel.make_mesh(config.mesh, jax.devices()[:1]))
   size = config.data.image_size
-  ae_params = model.autoencoder.init({"params": jax.random.key(7), "sample": jax.random.key(8)},
-                                     jnp.zeros((1, size, size, 3)))["params"]
-  return ldm.with_scale_factor(dataclasses.replace(model, params={"autoencoder": nn.unbox(ae_params)}), 0.7)
+  init = jax.jit(model.autoencoder.init)
+  return nn.unbox(init({"params": jax.random.key(7), "sample": jax.random.key(8)}, jnp.zeros((1, size, size, 3))))[
+      "params"]
 
 
-def trajectory(shape, examples, latents):
+def trajectory(shape, examples, latents, ae_params, initial_state=None):
+  """(losses etc., the initial state on the host): ldm.init_state's state, or initial_state placed on the mesh."""
   config = tiny_config(f"mesh.shape={shape}", *TASK_OVERRIDES)
   mesh = parallel.make_mesh(config.mesh, jax.devices()[:int(np.prod(shape))])
-  model = task_model(config, mesh)
-  tx, state, shardings = ldm.init_state(config, model, mesh, jax.random.key(0))
+  model = ldm.with_scale_factor(dataclasses.replace(ldm.describe(config, None, mesh), params={"autoencoder": ae_params}),
+                                0.7)
+  if initial_state is None:
+    tx, state, shardings = ldm.init_state(config, model, mesh, jax.random.key(0))
+    initial_state = jax.device_get(state)
+  else:
+    tx = ldm.make_optimizer(config.ldm.optim, config.ldm.loop.train_steps)
+    _, shardings = abstract_train_state(ldm.trainable_init_fn(model), tx, mesh, config.mesh)
+    state = jax.device_put(initial_state, shardings)
   frozen, frozen_shardings = ldm.frozen_params(model, mesh, config.mesh)
   step = loop.compile_step(ldm.make_train_step(model, tx, 0.7, config.ldm.loop.ema_decay),
                            jax.random.key(1), shardings, mesh, config.mesh, (frozen_shardings,))
@@ -57,7 +71,8 @@ def trajectory(shape, examples, latents):
     losses.append(float(metrics["loss"]))
   kwargs = jax.eval_shape(model.conditioning.unet_kwargs, nn.unbox(model.conditioning.abstract_params()),
                           model.conditioning.example_inputs(1, model.latent_shape))
-  return {"losses": losses, "concat_channels": kwargs["concat"].shape[-1], "context_width": kwargs["context"].shape[-1]}
+  return {"losses": losses, "concat_channels": kwargs["concat"].shape[-1],
+          "context_width": kwargs["context"].shape[-1]}, initial_state
 
 
 def main():
@@ -66,7 +81,10 @@ def main():
   examples = [shapes[i] for i in range(24)]
   rng = np.random.default_rng(0)
   latents = [rng.normal(size=(8, 4, 4, 4)).astype(np.float32) for _ in range(3)]
-  print(json.dumps({str(shape): trajectory(shape, examples, latents) for shape in [(1, 1, 1), (2, 2, 2)]}))
+  ae_params = first_stage_params(config)
+  one, initial_state = trajectory((1, 1, 1), examples, latents, ae_params)
+  mesh, _ = trajectory((2, 2, 2), examples, latents, ae_params, initial_state)
+  print(json.dumps({"(1, 1, 1)": one, "(2, 2, 2)": mesh}))
 
 
 if __name__ == "__main__":
