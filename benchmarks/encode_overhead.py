@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import configs  # noqa: E402
-from latent_diffusion import configuration, encoding, parallel  # noqa: E402
+from latent_diffusion import configuration, encoding, host_cpu, parallel  # noqa: E402
 from latent_diffusion.data import tar_shards  # noqa: E402
 from latent_diffusion.models import AutoencoderKL  # noqa: E402
 from latent_diffusion.weights import autoencoder as ae_weights  # noqa: E402
@@ -97,6 +97,7 @@ def main():
   job = manifest["last_run_throughput"]["images_per_second"]
   result = {"images": args.images, "size": args.size, "batch": args.batch, "channels": widths, "vae": args.vae_size,
             "decode_threads": config.encode.num_threads,
+            "cpu": host_cpu.describe().as_dict(),
             "bare_encoder_images_per_s": round(bare, 1), "job_images_per_s": round(job, 1),
             "job_wall_s_incl_compile": round(wall, 2), "overhead_pct": round(100 * (bare / job - 1), 1)}
   print(json.dumps(result, indent=1))

@@ -465,9 +465,6 @@ def get_config() -> ml_collections.ConfigDict:
       min_size=0,
       # Decoding threads per process.
       num_threads=4,
-      # Niceness added to the decoding and writing threads (latent_diffusion/host_threads.py): 'auto' = 10 when the
-      # encoder runs on the CPU (host threads then take a core only when XLA's threads leave it), 0 on TPU / GPU.
-      host_nice="auto",
       # Text stored with each record, by the tokenizer / encoder of config.ldm.conditioning.text: 'none',
       # 'tokens' (token ids, and the mask with use_attention_mask) or 'context' (also the frozen encoder's
       # outputs, so that stage 2 runs no text encoder: text.source='context').

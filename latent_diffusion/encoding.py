@@ -13,6 +13,7 @@ after a shard's or a process's last record are padding. Host work (decoding, wri
 device: step k+1 is dispatched before the results of step k are written.
 """
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -28,7 +29,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from latent_diffusion import compiler, console, host_threads, parallel, preemption
+from latent_diffusion import compiler, console, parallel, preemption
 from latent_diffusion.data import images as image_transforms
 from latent_diffusion.data import latent_shards
 from latent_diffusion.models import AutoencoderKL
@@ -97,8 +98,8 @@ class _Slot(grain.transforms.Map):
   ''}; bad images stay as invalid slots."""
 
   def __init__(self, source, image_size: int, skips: image_transforms.SkipCounter, min_size: int,
-               tokenize: Callable[[list[str]], dict] | None = None, nice: int = 0):
-    self.source, self.image_size, self.tokenize, self.nice = source, image_size, tokenize, nice
+               tokenize: Callable[[list[str]], dict] | None = None):
+    self.source, self.image_size, self.tokenize = source, image_size, tokenize
     self.decode = image_transforms.DecodeImage(skips, min_size=min_size, draft_size=image_size)
     self.crop = image_transforms.ResizeCrop(image_size, "center", flip=False)
 
@@ -107,7 +108,6 @@ class _Slot(grain.transforms.Map):
     return {"caption": caption, **tokens}
 
   def map(self, index: int) -> dict:
-    host_threads.lower_current_thread(self.nice)   # grain's decoding thread yields the cores to the encoder
     blank = {"image": np.zeros((self.image_size, self.image_size, 3), np.float32), "record": np.int64(index),
              "valid": False, "key": "", "label": np.int64(-1), **self._text("")}
     if index < 0:
@@ -197,10 +197,10 @@ class _ShardWriters:
 
 
 def _slot_iterator(source, slots: np.ndarray, local_batch: int, steps: int, image_size: int, min_size: int,
-                   skips, num_threads: int, tokenize, nice: int):
+                   skips, num_threads: int, tokenize):
   padded = np.full(steps * local_batch, -1, np.int64)
   padded[:len(slots)] = slots
-  dataset = grain.MapDataset.source(padded).map(_Slot(source, image_size, skips, min_size, tokenize, nice))
+  dataset = grain.MapDataset.source(padded).map(_Slot(source, image_size, skips, min_size, tokenize))
   dataset = dataset.batch(local_batch)
   return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)))
 
@@ -249,9 +249,8 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
   steps = max(math.ceil(len(s) / local_batch) for s in all_slots)
   skips = image_transforms.SkipCounter("encode")
   tokenize = text.tokenize if encode_config.text != "none" else None
-  nice = host_threads.resolve_nice(encode_config.host_nice, "config.encode.host_nice")
   batches = _slot_iterator(source, all_slots[process], local_batch, steps, image_size,
-                           encode_config.min_size, skips, encode_config.num_threads, tokenize, nice)
+                           encode_config.min_size, skips, encode_config.num_threads, tokenize)
   encode = make_encode_fn(ae, encode_config.output, encode_config.dtype, encode_config.seed, mesh, mesh_config)
   sharding = parallel.batch_sharding(mesh, mesh_config)
   writers = _ShardWriters(shards, encode_config.records_per_shard, output, skips)
@@ -277,11 +276,14 @@ def encode_to_shards(source, output: pathlib.Path, ae: AutoencoderKL, ae_params,
                    **{name: value[i] for name, value in latents.items()}}
       writers.add(int(record), example, str(local["key"][i]))
 
-  # Writes run in order on one low-priority thread while the next batch encodes; at most one is in flight.
+  # Writes (device-to-host copy, serialisation, ArrayRecord) run in order on one thread while the next batch
+  # encodes, so that the main thread dispatches without waiting for them; at most one is in flight. (On a 2-core
+  # CPU host, 64 px images: overhead over the bare encoder 21-22 % vs 26 % with writes on the main thread;
+  # lowering the host threads' OS priority changed nothing measurable.)
   # Throughput counts from the end of step 0, whose dispatch includes compiling the encoder.
   start, writing, done = time.perf_counter(), None, 0
   preemption.install()
-  with host_threads.low_priority_executor(nice, "encode-write") as writer:
+  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="encode-write") as writer:
     for step in range(steps):
       local = next(batches)
       arrays = parallel.global_batch({"image": local["image"], "record": local["record"]}, sharding)

@@ -54,9 +54,10 @@ def score_bytes(cpu: host_cpu.HostCpu | None = None) -> int:
   A block's scores are written once and read about four times (softmax, P.V; in the backward pass dP, dS and
   their two matmuls), so they must stay in cache between passes; with q, k, v and the outputs beside them,
   two L2s' worth (L2 plus a slice of L3) was best measured (benchmarks/ablate_attention.py, level-0
-  self-attention of cpu-small, forward + backward): 1 MiB on an AMD EPYC (Zen 3, 512 KiB L2; 0.25-1 MiB within
-  1 %, 4 MiB 8 % and 8 MiB 20 % slower), 4 MiB on the machine of the 2026-11-25 benchmark run (AVX-512; its
-  caches were not recorded: Intel Xeons of that class have 2 MiB L2).
+  self-attention of cpu-small, forward + backward): on an AMD EPYC (Zen 3, 512 KiB L2) 1 MiB was best on one core
+  (0.25-1 MiB within 1 %, 4 MiB 8 % and 8 MiB 20 % slower) and within 3 % of the best (4 MiB) on two, where
+  0.25 MiB was 84 % slower; 4 MiB on the machine of the 2026-11-25 benchmark run (AVX-512; its caches were not
+  recorded: Intel Xeons of that class have 2 MiB L2).
   """
   if SCORE_BYTES is not None:
     return SCORE_BYTES
