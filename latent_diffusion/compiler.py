@@ -2,9 +2,10 @@
 
 config.compiler.cpu_library_fusions names the ops XLA:CPU hands to its YNNPACK library; the rest go to XLA's own
 kernels (Eigen convolutions and matmuls, fused loops). jaxlib 0.10.2's own default sends dots, convolutions and
-reductions. On an AMD EPYC (Zen 3) YNNPACK's convolution filter gradients ran 1.8-2.6x slower than Eigen's and its
-forward / input-gradient convolutions 5-10 % slower (benchmarks/README.md, "CPU kinds"), so 'auto' keeps
-convolutions out on the CPU. Other backends get no options.
+reductions. On an AMD EPYC (Zen 3) YNNPACK's 3x3 convolution filter gradients ran 1.5-2.6x slower than Eigen's and
+its forward convolutions 6-12 % slower, and the cpu-small train step took 4.31 s instead of 4.8 s on one core
+(benchmarks/README.md, "Results by CPU kind"), so 'auto' keeps convolutions out on the CPU. Other backends get no
+options.
 
 Jobs call `configure(config)` once after parsing their config; jit sites pass `jit_options()` as jax.jit's
 compiler_options. Without configure() the 'auto' choice applies, so library users get the same executables.
