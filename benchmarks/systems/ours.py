@@ -59,7 +59,7 @@ class Setup:
   def train_step(self, unet: nn.Module | None = None):
     """jit((params, opt_state), latents, context, key) -> ((params, opt_state), loss), state donated; `unet`
     replaces self.unet (same parameters, e.g. another attention_impl)."""
-    unet = unet or self.unet
+    unet = self.unet if unet is None else unet
 
     def loss_fn(params, latents, context, key):
       t_key, n_key = jax.random.split(key)
