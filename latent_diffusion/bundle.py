@@ -57,17 +57,22 @@ class LatentDiffusion:
     """(height, width) in pixels the UNet was trained at."""
     return self.latent_shape[0] * self.vae_scale, self.latent_shape[1] * self.vae_scale
 
-  def boxed_params(self) -> dict:
-    """`params` wearing their modules' logical axis annotations (for shardings)."""
+  def abstract_params(self, conditioner: bool) -> dict:
+    """The params' shapes and dtypes (jax.ShapeDtypeStruct) in their modules' logical axis boxes: 'unet',
+    'autoencoder' and, when `conditioner`, the conditioners' (e.g. a frozen text encoder's)."""
     h, w, _ = self.latent_shape
     image = (1, h * self.vae_scale, w * self.vae_scale, self.autoencoder.in_channels)
     boxed = {"unet": unet_init_fn(self.unet, self.conditioning, self.latent_shape),
              "autoencoder": lambda rng: self.autoencoder.init({"params": rng, "sample": rng},
                                                               jnp.zeros(image, jnp.float32))["params"]}
     abstract = {name: jax.eval_shape(init, jax.random.key(0)) for name, init in boxed.items()}
-    if self.params.get("conditioner"):
+    if conditioner:
       abstract["conditioner"] = self.conditioning.abstract_params()
-    return parallel.box_like(abstract, self.params)
+    return abstract
+
+  def boxed_params(self) -> dict:
+    """`params` wearing their modules' logical axis annotations (for shardings)."""
+    return parallel.box_like(self.abstract_params(bool(self.params.get("conditioner"))), self.params)
 
   def placed(self, mesh, mesh_config) -> "LatentDiffusion":
     """This bundle with its parameters on `mesh`, sharded by their logical axes (done once, not per call)."""
