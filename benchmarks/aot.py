@@ -255,8 +255,8 @@ def variants(config, program: str, meshes: list[str], batches: list[int], remats
 def main(argv: list[str]) -> None:
   config, rest = configuration.parse_config_args(argv)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--program", default="train", choices=PROGRAMS,
-                      help="train: the stage-2 train step; sample: the sampler (config.sample's sampler and steps)")
+  parser.add_argument("--program", action="append", default=[], choices=PROGRAMS,
+                      help="train (default): the stage-2 train step; sample: the sampler (repeatable)")
   parser.add_argument("--topology", action="append", required=True, help="e.g. v5p:2x2x1 (repeatable)")
   parser.add_argument("--mesh", action="append", default=[], help="data,fsdp,tensor mesh shape (repeatable)")
   parser.add_argument("--batch", action="append", default=[], type=int, help="global batch (repeatable)")
@@ -270,14 +270,15 @@ def main(argv: list[str]) -> None:
   if config is None:
     raise SystemExit("--config=configs/<name>.py is required.")
   context = tuple(int(v) for v in args.context.split("x"))
-  for topology in args.topology:
-    for variant in variants(config, args.program, args.mesh, args.batch, args.remat, args.attention):
+  for program, topology in itertools.product(args.program or ["train"], args.topology):
+    for variant in variants(config, program, args.mesh, args.batch, args.remat, args.attention):
       try:
-        line = json.dumps(report(variant, topology, context, args.text_layers, args.program))
+        line = json.dumps(report(variant, topology, context, args.text_layers, program))
       except Exception as error:  # pylint: disable=broad-except  (a sweep reports a failed point and goes on)
-        line = json.dumps({"program": args.program, "topology": topology, "mesh": tuple(variant.mesh.shape),
-                           "global_batch": batch_size(variant, args.program), "remat": variant.ldm.model.remat_policy,
-                           "attention": variant.ldm.model.attention_impl, "error": f"{type(error).__name__}: {error}"[:500]})
+        line = json.dumps({"program": program, "topology": topology, "mesh": tuple(variant.mesh.shape),
+                           "global_batch": batch_size(variant, program), "remat": variant.ldm.model.remat_policy,
+                           "attention": variant.ldm.model.attention_impl,
+                           "error": f"{type(error).__name__}: {error}"[:500]})
       print(line, flush=True)
       if args.out:
         with open(args.out, "a", encoding="utf-8") as f:

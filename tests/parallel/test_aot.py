@@ -1,4 +1,4 @@
-"""Ahead-of-time compiles of the stage-2 train step for a TPU topology (benchmarks/aot.py), in the AOT venv.
+"""AOT compiles of the stage-2 train step and the sampler for a TPU topology (benchmarks/aot.py), in the AOT venv.
 
 The venv (benchmarks/venvs.aot_python: ours plus libtpu) is built once per machine (~15 s, cached under
 venvs.home()); the compiles run in its subprocess so that this process never loads libtpu.
@@ -15,6 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import venvs  # noqa: E402  pylint: disable=wrong-import-position
+from tests.conftest import tiny_config  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _aot(env: dict, *flags: str) -> list[dict]:
@@ -52,8 +53,20 @@ def test_report_is_a_tpu_compile_with_cost_model_figures(tiny_on_v5p):
   assert tiny_on_v5p[4]["collectives"]["all-gather"] > 0
 
 
-def test_splash_attention_compiles_inside_the_train_step_for_v5p(cached_compiles_env):
-  """attention_impl='splash': the Pallas kernel lowered for TPU in the data-parallel step (shard_map per chip)."""
-  report, = _aot(cached_compiles_env, "--mesh=4,1,1", "--attention=splash")
-  assert report["attention"] == "splash" and report["device_kind"].startswith("TPU v5")
-  assert report["flops"] > 0 and report["cost_model_s"] > 0
+def test_splash_attention_compiles_inside_the_train_step_and_the_sampler_for_v5p(cached_compiles_env):
+  """attention_impl='splash': the Pallas kernel lowered for TPU in the data-parallel step (shard_map per chip), and
+  in the text/class-to-image sampler (aot.py --program=sample: whole sampler + one denoising step)."""
+  train, sample = _aot(cached_compiles_env, "--mesh=4,1,1", "--attention=splash", "--program=train",
+                       "--program=sample", "--config.sample.batch_size=8")
+  assert train["program"] == "train" and train["attention"] == "splash" and train["device_kind"].startswith("TPU v5")
+  assert train["flops"] > 0 and train["cost_model_s"] > 0
+  assert sample["program"] == "sample" and sample["attention"] == "splash" and sample["num_steps"] == 5
+  # The sampler's output is the images, split over the 4 chips: 2 of [16, 16, C] float32 per chip.
+  config = tiny_config()
+  image_bytes = config.data.image_size ** 2 * config.autoencoder.model.in_channels * 4
+  assert sample["hbm_outputs_gib"] * (1 << 30) == 2 * image_bytes
+  # The whole program (conditioner, one counted loop body, decoder) costs more than one denoising step, and the
+  # other 4 steps are counted on top of it.
+  assert 0 < sample["step_flops"] < sample["loop_once_flops"]
+  assert sample["flops"] == sample["loop_once_flops"] + 4 * sample["step_flops"]
+  assert sample["cost_model_s_per_image"] > 0
