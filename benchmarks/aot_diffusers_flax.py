@@ -1,7 +1,11 @@
 """AOT compile of diffusers-Flax 0.39's UNet train step for a TPU topology, beside benchmarks/aot.py's of ours.
 
-  JAX_PLATFORMS=cpu $(python benchmarks/venvs.py diffusers_flax_tpu | cut -d' ' -f2) \
-      benchmarks/aot_diffusers_flax.py --size=sd15 --topology=v5p:2x2x1 --batch=128 [--out=results.jsonl]
+  JAX_PLATFORMS=cpu $(python benchmarks/venvs.py aot_diffusers | cut -d' ' -f2) \
+      benchmarks/aot_diffusers_flax.py --size=sd15 --topology=v5p:2x2x1 --batch=32 [--out=results.jsonl]
+
+venvs.aot_python('aot_diffusers') is the environment of benchmarks/aot.py (jax 0.10.2, libtpu 0.0.42.1) plus diffusers
+0.39, so that both steps are compiled by the same compiler. (The peer venv diffusers_flax_tpu, their jax 0.6.2 with
+libtpu 0.0.17, ran out of this machine's memory on SD-1.5: > 17 GiB RSS after 16 CPU minutes, 2026-11-30.)
 
 The step is diffusers' train_text_to_image_flax.py, as benchmarks/systems/diffusers_flax.py runs it
 (FlaxDDPMScheduler.add_noise, epsilon MSE, optax.adamw(1e-4), state donated) with the UNet in bfloat16 (their

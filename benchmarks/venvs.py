@@ -5,7 +5,7 @@ Each peer `NAME` has `benchmarks/peers/NAME.txt`; its environment lives in
 sees it and the project's own `.venv` is never touched. An environment is rebuilt when its
 requirement file changes (a copy of the file is kept next to it as the stamp).
 
-  python benchmarks/venvs.py [NAME ...]     # build (or check) the environments ('aot': aot_python)
+  python benchmarks/venvs.py [NAME ...]     # build (or check) the environments ('aot', 'aot_diffusers': aot_python)
 """
 
 import os
@@ -30,19 +30,26 @@ def python_for(name: str) -> pathlib.Path:
   return _built(home() / "venvs" / name, requirements)
 
 
-def aot_python() -> pathlib.Path:
-  """The interpreter of the AOT environment (benchmarks/aot.py): this interpreter's packages plus libtpu.
+def aot_python(name: str = "aot") -> pathlib.Path:
+  """The interpreter of an AOT environment (benchmarks/aot.py): this interpreter's packages plus libtpu.
 
-  A venv whose site-packages also reads ours (a .pth file) and adds what requirements-aot.txt pins beyond them
+  A venv whose site-packages also reads ours (a .pth file) and adds what its requirements file pins beyond them
   (libtpu, ~200 MB), so that our own venv never loads libtpu: with it, every JAX process probes for TPU
-  chips at start-up. Lives at $LATENT_DIFFUSION_AOT_VENV (default <home()>/venvs/aot).
+  chips at start-up. 'aot' (requirements-aot.txt) lives at $LATENT_DIFFUSION_AOT_VENV (default
+  <home()>/venvs/aot); 'aot_diffusers' (requirements-aot-diffusers.txt: also diffusers 0.39, the last release
+  with Flax models, for benchmarks/aot_diffusers_flax.py on the same jax and libtpu as ours) at
+  <home()>/venvs/aot_diffusers. pip installs into the venv only: the overlay's newer diffusers stays as it is.
   """
-  venv = pathlib.Path(os.environ.get("LATENT_DIFFUSION_AOT_VENV", home() / "venvs" / "aot")).expanduser()
+  if name not in AOT_REQUIREMENTS:
+    raise ValueError(f"Unknown AOT environment {name!r}; known: {sorted(AOT_REQUIREMENTS)}.")
+  default = home() / "venvs" / name
+  venv = pathlib.Path(os.environ.get("LATENT_DIFFUSION_AOT_VENV", default) if name == "aot" else default)
   ours = [p for p in sys.path if p.endswith("site-packages") and pathlib.Path(p).is_dir()]
-  return _built(venv, AOT_REQUIREMENTS, overlay=ours)
+  return _built(venv.expanduser(), AOT_REQUIREMENTS[name], overlay=ours)
 
 
-AOT_REQUIREMENTS = pathlib.Path(__file__).resolve().parent / "requirements-aot.txt"
+AOT_REQUIREMENTS = {name: pathlib.Path(__file__).resolve().parent / f"requirements-{name.replace('_', '-')}.txt"
+                    for name in ("aot", "aot_diffusers")}
 
 
 def _built(venv: pathlib.Path, requirements: pathlib.Path, overlay: list[str] | None = None) -> pathlib.Path:
@@ -70,7 +77,7 @@ def _built(venv: pathlib.Path, requirements: pathlib.Path, overlay: list[str] | 
 
 def main(names: list[str]) -> None:
   for name in names or sorted(p.stem for p in PEERS_DIR.glob("*.txt")):
-    print(name, aot_python() if name == "aot" else python_for(name))
+    print(name, aot_python(name) if name in AOT_REQUIREMENTS else python_for(name))
 
 
 if __name__ == "__main__":
