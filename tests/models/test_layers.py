@@ -115,6 +115,24 @@ def test_down_and_upsample_shapes(random_params):
   assert up.apply(random_params(up, x), x).shape == (1, 16, 16, 3)
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 7, 6), (1, 1, 1, 3)])
+def test_upsample_equals_nearest_upsampling_then_conv_with_gradients(shape, random_params):
+  """Upsample's phase-wise 2x2 convolutions against the plain form (repeat, then the 3x3 conv with the same
+  parameters), values and gradients in x, kernel and bias, fresh random inputs."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  upstream = jnp.asarray(rng.normal(size=(shape[0], 2 * shape[1], 2 * shape[2], 4)), jnp.float32)
+  up = layers.Upsample(4)
+  params = random_params(up, x)
+  plain = lambda p, x: layers.conv(4, name="conv", dtype=jnp.float32).apply(
+      {"params": p["params"]["conv"]}, jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+  grads = lambda fn: jax.grad(lambda p, x: jnp.sum(fn(p, x) * upstream), argnums=(0, 1))(params, x)
+  rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+  assert rel(up.apply(params, x), plain(params, x)) < 1e-6
+  for ours, ref in zip(jax.tree.leaves(grads(up.apply)), jax.tree.leaves(grads(plain))):
+    assert rel(ours, ref) < 1e-6
+
+
 @pytest.mark.parametrize("linear", [False, True])
 def test_spatial_transformer_cross_attends(linear, random_params):
   block = layers.SpatialTransformer(num_heads=2, head_dim=4, depth=2, use_linear_projection=linear, groups=4)
