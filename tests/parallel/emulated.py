@@ -12,9 +12,16 @@ from latent_diffusion import parallel
 from latent_diffusion.training import ldm, loop
 
 
-def run_on_emulated_devices(module: str, devices: int = 8, timeout: int = 900) -> dict:
-  """Runs `python -m module` with `devices` emulated CPU devices; returns the JSON of its last stdout line."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+# XLA:CPU without LLVM's expensive optimisations: for runs that compare meshes with each other (all compiled
+# alike), where a few steps of tiny models make the compiles most of the time.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def run_on_emulated_devices(module: str, devices: int = 8, timeout: int = 900, fast_compile: bool = False) -> dict:
+  """Runs `python -m module` with `devices` emulated CPU devices (compiled with FAST_COMPILE_FLAGS if
+  `fast_compile`); returns the JSON of its last stdout line."""
+  flags = f"--xla_force_host_platform_device_count={devices}" + (f" {FAST_COMPILE_FLAGS}" if fast_compile else "")
+  env = dict(os.environ, XLA_FLAGS=flags)
   result = subprocess.run([sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=timeout)
   assert result.returncode == 0, result.stderr[-4000:]
   return json.loads(result.stdout.strip().splitlines()[-1])

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def trajectories():
-  return run_on_emulated_devices("tests.parallel.mesh_trajectories")
+  return run_on_emulated_devices("tests.parallel.mesh_trajectories", fast_compile=True)
 
 
 @pytest.mark.parametrize("mesh", ["(8, 1, 1)", "(2, 4, 1)", "(2, 2, 2)", "(1, 8, 1)"])

@@ -13,9 +13,6 @@ import os
 import sys
 
 assert "--xla_force_host_platform_device_count=8" in os.environ.get("XLA_FLAGS", ""), "set XLA_FLAGS first"
-# Both meshes compile without LLVM's expensive optimisations: the test compares them with each other, and the two
-# train-step compiles were most of its time.
-os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402

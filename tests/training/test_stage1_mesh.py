@@ -9,7 +9,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_optimizer_step_on_a_2x2x2_mesh_equals_one_device():
-  runs = run_on_emulated_devices("tests.training.stage1_mesh_trajectories")
+  runs = run_on_emulated_devices("tests.training.stage1_mesh_trajectories", fast_compile=True)
   one, mesh = runs["(1, 1, 1)"], runs["(2, 2, 2)"]
   assert len(one["metrics"]) == 3 and one["metrics"][0]["disc_loss"] == 0.0
   assert one["metrics"][-1]["disc_loss"] > 0 and one["metrics"][-1]["d_weight"] > 0
