@@ -15,7 +15,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import venvs  # noqa: E402  pylint: disable=wrong-import-position
-from tests.conftest import tiny_config  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _aot(env: dict, *flags: str) -> list[dict]:
@@ -61,10 +60,6 @@ def test_splash_attention_compiles_inside_the_train_step_and_the_sampler_for_v5p
   assert train["program"] == "train" and train["attention"] == "splash" and train["device_kind"].startswith("TPU v5")
   assert train["flops"] > 0 and train["cost_model_s"] > 0
   assert sample["program"] == "sample" and sample["attention"] == "splash" and sample["num_steps"] == 5
-  # The sampler's output is the images, split over the 4 chips: 2 of [16, 16, C] float32 per chip.
-  config = tiny_config()
-  image_bytes = config.data.image_size ** 2 * config.autoencoder.model.in_channels * 4
-  assert sample["hbm_outputs_gib"] * (1 << 30) == 2 * image_bytes
   # The whole program (conditioner, one counted loop body, decoder) costs more than one denoising step, and the
   # other 4 steps are counted on top of it.
   assert 0 < sample["step_flops"] < sample["loop_once_flops"]
