@@ -50,6 +50,7 @@ from tpu_topology import GiB, chip_spec, compiled_figures, topology_devices  # n
 from latent_diffusion import configuration, parallel  # noqa: E402
 from latent_diffusion.diffusion import SAMPLERS, sampler_options  # noqa: E402
 from latent_diffusion.generation import Generator  # noqa: E402
+from latent_diffusion.models.attention import resolve_attention_impl  # noqa: E402
 from latent_diffusion.weights import tokenization  # noqa: E402
 from latent_diffusion.models.text import CLIPTextTransformer  # noqa: E402
 from latent_diffusion.training import ldm, loop  # noqa: E402
@@ -79,12 +80,12 @@ def _abstract(tree, shardings):
 
 
 def for_tpu(config):
-  """`config` with the kernels 'auto' would pick on a TPU host (xla): here the compiling host is a CPU."""
+  """`config` with the kernels 'auto' would pick on a TPU host: here the compiling host is a CPU."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    for option in ("attention_impl", "linear_impl"):
-      if config.ldm.model[option] == "auto":
-        config.ldm.model[option] = "xla"
+    config.ldm.model.attention_impl = resolve_attention_impl(config.ldm.model.attention_impl, backend="tpu")
+    if config.ldm.model.linear_impl == "auto":
+      config.ldm.model.linear_impl = "xla"
   return config
 
 
@@ -207,8 +208,9 @@ def batch_size(config, program: str) -> int:
 
 
 def report(config, topology: str, context: tuple[int, int] = (77, 768), text_layers: int = 12,
-           program: str = "train") -> dict:
-  """Compiles `config`'s `program` for `topology`; the figures of the module docstring as a JSON-able dict."""
+           program: str = "train", hlo_path: str | None = None) -> dict:
+  """Compiles `config`'s `program` for `topology`; the figures of the module docstring as a JSON-able dict.
+  `hlo_path`: also write the compiled HLO text (the train step's, or the whole sampler's) to that file."""
   devices = topology_devices(topology)
   start = time.perf_counter()
   if program == "sample":
@@ -216,6 +218,8 @@ def report(config, topology: str, context: tuple[int, int] = (77, 768), text_lay
   else:
     compiled, state = compile_train_step(config, devices, context, text_layers)
   compile_s = time.perf_counter() - start
+  if hlo_path:
+    pathlib.Path(hlo_path).write_text((whole if program == "sample" else compiled).as_text(), encoding="utf-8")
   m, bs = for_tpu(config).ldm.model, batch_size(config, program)
   common = {"program": program, "topology": topology, "global_batch": bs,
             "mesh": dict(zip(config.mesh.axes, parallel.make_mesh(config.mesh, devices).devices.shape)),
@@ -232,6 +236,13 @@ def report(config, topology: str, context: tuple[int, int] = (77, 768), text_lay
           "state_gib": state_bytes_per_chip(state) / GiB,
           "params_and_optimizer_bytes": params_and_optimizer_bytes_per_chip(compiled, state),
           **compiled_figures(compiled, topology, devices, bs)}
+
+
+def hlo_name(config, program: str, topology: str) -> str:
+  """File name of a compile's HLO text: program, topology, mesh, batch, remat and attention."""
+  m = config.ldm.model
+  return (f"{program}_{topology.replace(':', '_')}_mesh{'x'.join(map(str, config.mesh.shape))}"
+          f"_b{batch_size(config, program)}_{m.remat_policy}_{m.attention_impl}.hlo.txt")
 
 
 def variants(config, program: str, meshes: list[str], batches: list[int], remats: list[str], attentions: list[str]):
@@ -261,11 +272,12 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--mesh", action="append", default=[], help="data,fsdp,tensor mesh shape (repeatable)")
   parser.add_argument("--batch", action="append", default=[], type=int, help="global batch (repeatable)")
   parser.add_argument("--remat", action="append", default=[], help="none | dots | full (repeatable)")
-  parser.add_argument("--attention", action="append", default=[], help="xla | splash (repeatable)")
+  parser.add_argument("--attention", action="append", default=[], help="xla | xla_probs | splash (repeatable)")
   parser.add_argument("--context", default="77x768", help="text context LxD when no encoder folder is configured")
   parser.add_argument("--text-layers", type=int, default=12,
                       help="layers of that stand-in text encoder (the sampler runs it): 12 CLIP-L, 24 OpenCLIP-H")
   parser.add_argument("--out", help="append the JSON lines to this file")
+  parser.add_argument("--hlo-dir", help="write each compile's HLO text (compiled.as_text()) to a file in this folder")
   args = parser.parse_args(rest)
   if config is None:
     raise SystemExit("--config=configs/<name>.py is required.")
@@ -273,7 +285,8 @@ def main(argv: list[str]) -> None:
   for program, topology in itertools.product(args.program or ["train"], args.topology):
     for variant in variants(config, program, args.mesh, args.batch, args.remat, args.attention):
       try:
-        line = json.dumps(report(variant, topology, context, args.text_layers, program))
+        hlo_path = args.hlo_dir and str(pathlib.Path(args.hlo_dir) / hlo_name(variant, program, topology))
+        line = json.dumps(report(variant, topology, context, args.text_layers, program, hlo_path))
       except Exception as error:  # pylint: disable=broad-except  (a sweep reports a failed point and goes on)
         line = json.dumps({"program": program, "topology": topology, "mesh": tuple(variant.mesh.shape),
                            "global_batch": batch_size(variant, program), "remat": variant.ldm.model.remat_policy,

@@ -75,6 +75,7 @@ def main() -> None:
   parser.add_argument("--topology", required=True)
   parser.add_argument("--batch", type=int, required=True, help="global batch")
   parser.add_argument("--out", help="append the JSON line to this file")
+  parser.add_argument("--hlo", help="write the compiled HLO text (compiled.as_text()) to this file")
   args = parser.parse_args()
   devices = topology_devices(args.topology)
   start = time.perf_counter()
@@ -84,6 +85,8 @@ def main() -> None:
                      "compile_s": round(time.perf_counter() - start, 1),
                      **compiled_figures(compiled, args.topology, devices, args.batch)})
   print(line, flush=True)
+  if args.hlo:
+    pathlib.Path(args.hlo).write_text(compiled.as_text(), encoding="utf-8")
   if args.out:
     with open(args.out, "a", encoding="utf-8") as f:
       f.write(line + "\n")

@@ -305,10 +305,13 @@ def get_config() -> ml_collections.ConfigDict:
           dtype="float32",
           # Rematerialise each ResNet / attention block in the backward pass: none | dots | full.
           remat_policy="none",
-          # Attention kernel (models/attention.py): auto | xla | cpu_blocked | cudnn | splash. auto = cpu_blocked (our
-          # blocked flash-style kernel) on CPU, xla (jax.nn.dot_product_attention) on TPU / GPU; cudnn = cuDNN's fused
-          # attention (GPU, bf16 / fp16); splash = Pallas TPU splash attention. An AOT compile for TPU on a CPU host
-          # (benchmarks/aot.py) must name it: auto there means the CPU's.
+          # Attention kernel (models/attention.py): auto | xla | xla_probs | cpu_blocked | cudnn | splash. xla =
+          # jax.nn.dot_product_attention (float32 scores); xla_probs = the same XLA ops with a custom VJP that keeps
+          # only the unnormalised probabilities in the compute dtype (scores rounded to it before the float32
+          # softmax, as diffusers-Flax: 1/3 of the bytes kept for backward in bf16); cpu_blocked = our blocked
+          # flash-style CPU kernel; cudnn = cuDNN's fused attention (GPU, bf16 / fp16); splash = Pallas TPU splash
+          # attention. auto = cpu_blocked on CPU, xla_probs on TPU, xla on GPU. benchmarks/aot.py resolves auto as a
+          # TPU host would.
           attention_impl="auto",
           # Dense-layer matmul (models/layers.py): auto | xla | cpu_flat. cpu_flat = the custom VJP that avoids a
           # transposed copy on XLA:CPU (it computes in the layer dtype, no precision / preferred_element_type); xla =

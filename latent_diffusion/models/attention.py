@@ -164,19 +164,68 @@ def _attention_bwd(residuals, d_out):
 blocked_attention.defvjp(_attention_fwd, _attention_bwd)
 
 
+@jax.custom_vjp
+def probs_saved_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """softmax(q k^T / sqrt(H)) v for q [B, T, N, H], k and v [B, S, N, H] -> [B, T, N, H], for XLA on TPU / GPU.
+
+  Every [B, N, T, S] array that reaches memory is in q's dtype: the scores leave the q.k matmul in it (float32
+  accumulation inside), softmax arithmetic runs in float32 inside the fusions, and only the unnormalised
+  probabilities exp(s - max) and their row sums are kept for the backward pass (with q, k, v and the output); rows
+  are normalised after the P.V matmul. Left to autodiff, jax.nn.dot_product_attention writes float32 scores and
+  keeps the float32 exponentials and the cast probabilities: in bfloat16 3x the kept bytes (6 vs 2 GiB for one
+  64 x 64-token self-attention of SD-1.5 at 8 images) and twice the bytes per pass over the scores, which is what
+  bounds attention with 40-channel heads on TPU. The price in bfloat16: scores rounded to 8 bits of mantissa
+  before the softmax, as diffusers-Flax's attention does (its softmax also runs in bfloat16). In float32 it is
+  exact softmax attention. The softmax backward takes rowsum(dP * P) as rowsum(dO * O), as flash attention does.
+  """
+  return _probs_saved_fwd(q, k, v)[0]
+
+
+def _probs_saved_fwd(q, k, v):
+  scores = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) * q.shape[-1] ** -0.5
+  weights = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+  inv_total = 1.0 / jnp.sum(weights, axis=-1)                                 # [B, N, T]
+  weights = weights.astype(q.dtype)                                           # unnormalised, in [0, 1]
+  out = jnp.einsum("bnts,bsnh->btnh", weights, v, preferred_element_type=jnp.float32)
+  out = (out * jnp.swapaxes(inv_total, 1, 2)[..., None]).astype(q.dtype)
+  return out, (q, k, v, weights, inv_total, out)
+
+
+def _probs_saved_bwd(residuals, d_out):
+  q, k, v, weights, inv_total, out = residuals
+  f32 = jnp.float32
+  d_out_scaled = (d_out.astype(f32) * jnp.swapaxes(inv_total, 1, 2)[..., None]).astype(weights.dtype)
+  d_v = jnp.einsum("bnts,btnh->bsnh", weights, d_out_scaled, preferred_element_type=f32)   # P^T dO
+  d_probs = jnp.einsum("btnh,bsnh->bnts", d_out.astype(v.dtype), v, preferred_element_type=f32)
+  row = jnp.einsum("btnh,btnh->bnt", d_out.astype(f32), out.astype(f32))
+  probs = weights.astype(f32) * inv_total[..., None]
+  d_scores = (probs * (d_probs - row[..., None]) * q.shape[-1] ** -0.5).astype(q.dtype)
+  d_q = jnp.einsum("bnts,bsnh->btnh", d_scores, k, preferred_element_type=f32)
+  d_k = jnp.einsum("bnts,btnh->bsnh", d_scores, q, preferred_element_type=f32)
+  return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype)
+
+
+probs_saved_attention.defvjp(_probs_saved_fwd, _probs_saved_bwd)
+
+
 # config.ldm.model.attention_impl: the attention kernel. 'auto' picks by the backend the step is traced for.
-ATTENTION_IMPLS = ("auto", "xla", "cpu_blocked", "cudnn", "splash")
+ATTENTION_IMPLS = ("auto", "xla", "xla_probs", "cpu_blocked", "cudnn", "splash")
 
 
-def resolve_attention_impl(impl: str) -> str:
-  """`impl` with 'auto' replaced by the default of jax.default_backend(): cpu_blocked on CPU, else xla.
+# What 'auto' means per backend (others: xla). TPU: xla_probs, by XLA's TPU cost model of SD-1.5's train step
+# (benchmarks/README.md, issue 16); GPU keeps jax.nn's (not compiled for a GPU here).
+AUTO_ATTENTION = {"cpu": "cpu_blocked", "tpu": "xla_probs"}
 
-  (An AOT compile for a TPU topology runs on a CPU host: it must name its kernel, not rely on 'auto'.)
+
+def resolve_attention_impl(impl: str, backend: str | None = None) -> str:
+  """`impl` with 'auto' replaced by AUTO_ATTENTION's choice for `backend` (default: jax.default_backend()).
+
+  (An AOT compile for a TPU topology runs on a CPU host: it passes backend='tpu'.)
   """
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"Unknown attention_impl {impl!r} (config.ldm.model.attention_impl); known: {ATTENTION_IMPLS}.")
   if impl == "auto":
-    return "cpu_blocked" if jax.default_backend() == "cpu" else "xla"
+    return AUTO_ATTENTION.get(backend or jax.default_backend(), "xla")
   return impl
 
 
@@ -184,6 +233,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = 
   """softmax(q k^T / sqrt(H)) v for q [B, T, N, H], k and v [B, S, N, H] -> [B, T, N, H], by kernel `impl`:
 
   xla          jax.nn.dot_product_attention as XLA lowers it (fuses natively on TPU / GPU);
+  xla_probs    probs_saved_attention above: the same XLA ops, only the probabilities (q's dtype) kept for backward;
   cpu_blocked  blocked_attention above (this module's CPU kernel);
   cudnn        jax.nn.dot_product_attention(implementation='cudnn'): cuDNN's fused flash attention (GPU, fp16/bf16);
   splash       Pallas TPU splash attention (latent_diffusion.models.splash; TPU, or Pallas interpret mode).
@@ -191,6 +241,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = 
   impl = resolve_attention_impl(impl)
   if impl == "cpu_blocked":
     return blocked_attention(q, k, v)
+  if impl == "xla_probs":
+    return probs_saved_attention(q, k, v)
   if impl == "cudnn":
     return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
   if impl == "splash":
