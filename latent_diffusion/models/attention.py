@@ -6,8 +6,9 @@ are read and written several times per block. Inside, queries are kept [BN, T, H
 values transposed to [BN, H, S], the operand layouts for which XLA:CPU's small-head matmuls run
 fastest (up to 20x faster than other orders; benchmarks/ablate_attention.py). The custom VJP saves
 only (q, k, v, out, logsumexp); the backward pass recomputes each block's scores, as flash
-attention does. Accelerators use jax.nn.dot_product_attention, which XLA / cuDNN fuse natively, or a Pallas kernel:
-`dot_product_attention` dispatches on an explicit `impl` (config.ldm.model.attention_impl).
+attention does. Accelerators use jax.nn.dot_product_attention (XLA / cuDNN), probs_saved_attention (XLA ops with
+a leaner backward, TPU's default) or a Pallas kernel: `dot_product_attention` dispatches on an explicit `impl`
+(config.ldm.model.attention_impl).
 """
 
 import jax
