@@ -1,6 +1,6 @@
-"""Scaled dot-product attention that never stores the full [B, N, T, S] score tensor.
+"""Scaled dot-product attention kernels; the CPU one never stores the full [B, N, T, S] score tensor.
 
-Work is split into blocks of (batch x head) pairs and query rows whose float32 scores fit a
+CPU: work is split into blocks of (batch x head) pairs and query rows whose float32 scores fit a
 cache-sized budget: this CPU streams 7.5 GB/s from DRAM but 50-100 GB/s from cache, and scores
 are read and written several times per block. Inside, queries are kept [BN, T, H] and keys /
 values transposed to [BN, H, S], the operand layouts for which XLA:CPU's small-head matmuls run
