@@ -1,8 +1,9 @@
 """SD-1.5 (configs/sd15.py) on a v5p-8 slice (4 chips, v5p 2x2x1): data parallel, 16 images per chip, no remat,
 splash attention -- the best of the SD-size setups AOT-compiled for v5p-8 so far (benchmarks/README.md, issue 16):
 33.1 of 95 GiB HBM per chip at peak, XLA cost model 0.171 s / step = 93.7 images/s/chip (an estimate, not a measured
-step time; the cost model's figure for the Pallas kernel is itself an estimate). With attention_impl='xla' the same
-step compiles to 88.4 GiB and 53.2 images/s/chip by the same model.
+step time; the cost model does not count the Pallas kernel's FLOPs: ~81 images/s/chip with them at half of peak).
+With attention_impl='xla_probs' (TPU's auto) the same step compiles to 51.0 GiB and 71.8 images/s/chip by the same
+model, with 'xla' (jax.nn's float32 scores) to 88.4 GiB and 53.2.
 """
 
 from latent_diffusion.configs import sd15
