@@ -6,4 +6,6 @@ source "$(dirname "$0")/setup_env.sh" requirements-test.txt
 # torch's CUDA wheel brings triton (GPU kernels only), whose library crashes the process when it loads after
 # TensorFlow's (clu, tfds); torch runs without it on the CPU.
 python -m pip uninstall --quiet --yes triton 2>/dev/null || true
-python -m pytest -q "$@"
+# Two pytest-xdist workers, each test module (and its fixtures) on one: the suite is mostly single-threaded XLA
+# compiles and subprocess jobs, so two cores run it in about two thirds of the time of one worker.
+python -m pytest -q -n 2 --dist loadscope "$@"

@@ -49,13 +49,23 @@ _CACHE_OPTIONS = {"jax_compilation_cache_dir": "JAX_COMPILATION_CACHE_DIR",
                   "jax_persistent_cache_min_entry_size_bytes": "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"}
 
 
+def _shared_cache_dir(tmp_path_factory) -> pathlib.Path:
+  """This session's cache directory, one for all pytest-xdist workers (each worker's base temp is a subdirectory
+  of the session's): a program one worker compiled, the others load (JAX's cache is safe across processes)."""
+  if "PYTEST_XDIST_WORKER" not in os.environ:
+    return tmp_path_factory.mktemp("jax_cache")
+  directory = tmp_path_factory.getbasetemp().parent / "jax_cache"
+  directory.mkdir(exist_ok=True)
+  return directory
+
+
 @pytest.fixture(scope="session", autouse=True)
 def session_compilation_cache(tmp_path_factory):
   """One JAX persistent compilation cache for the whole session, in this process and (through os.environ) in
   every subprocess job: the many tiny runs (a run, its killed twin and its resume; the same tiny stages in
   several tests and processes) compile each program once and load it afterwards. The executables are the
   same, so are the results (bitwise); each session starts empty."""
-  values = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
+  values = {"jax_compilation_cache_dir": str(_shared_cache_dir(tmp_path_factory)),
             "jax_persistent_cache_min_compile_time_secs": 0.0, "jax_persistent_cache_min_entry_size_bytes": 0}
   previous_env = {env: os.environ.get(env) for env in _CACHE_OPTIONS.values()}
   previous = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
