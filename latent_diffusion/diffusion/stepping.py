@@ -18,21 +18,28 @@ GuidedFn = Callable[[jax.Array, jax.Array, Any, Any], jax.Array]
 StepFn = Callable[[jax.Array, Any, jax.Array, Any], tuple[jax.Array, Any, jax.Array]]
 
 
+def _pairs(a: jax.Array, b: jax.Array) -> jax.Array:
+  """[B, ...] twice -> [2B, ...] rows a_0, b_0, a_1, b_1, ..."""
+  return jnp.stack([a, b], axis=1).reshape(-1, *a.shape[1:])
+
+
 def guided(model_fn: ModelFn, guidance_scale: float | jax.Array) -> GuidedFn:
   """Classifier-free guidance (Ho & Salimans 2022) as fn(x_t, t, cond, uncond) -> output [B, ...].
 
-  out = out_uncond + s * (out_cond - out_uncond), from ONE model call on the batch [cond; uncond]
-  of size 2B. With uncond None or a Python scale of exactly 1, a plain call model_fn(x_t, t, cond).
-  A traced scale always takes the guided path (so changing it does not recompile).
+  out = out_uncond + s * (out_cond - out_uncond), from ONE model call on the 2B rows (cond_0, uncond_0,
+  cond_1, ...): pairs rather than [cond; uncond], so that a batch sharded over devices keeps each example's two rows
+  on its own device (concatenation moved rows between devices every step: collective-permutes and all-to-alls in
+  the compiled data-parallel sampler). With uncond None or a Python scale of exactly 1, a plain call
+  model_fn(x_t, t, cond). A traced scale always takes the guided path (so changing it does not recompile).
   """
   plain = isinstance(guidance_scale, (int, float)) and guidance_scale == 1
 
   def fn(x_t, t, cond, uncond):
     if uncond is None or plain:
       return model_fn(x_t, t, cond)
-    both = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, uncond)
-    out = model_fn(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), both)    # [2B, ...]
-    out_cond, out_uncond = jnp.split(out, 2)
+    out = model_fn(_pairs(x_t, x_t), _pairs(t, t), jax.tree.map(_pairs, cond, uncond))     # [2B, ...]
+    out = out.reshape(-1, 2, *out.shape[1:])
+    out_cond, out_uncond = out[:, 0], out[:, 1]
     return out_uncond + guidance_scale * (out_cond - out_uncond)
 
   return fn

@@ -66,3 +66,7 @@ def test_splash_attention_compiles_inside_the_train_step_and_the_sampler_for_v5p
   assert 0 < sample["step_flops"] < sample["loop_once_flops"]
   assert sample["flops"] == sample["loop_once_flops"] + 4 * sample["step_flops"]
   assert sample["cost_model_s_per_image"] > 0
+  # Classifier-free guidance pairs each example's cond and uncond rows on its own chip: the data-parallel sampler
+  # moves no rows between chips (with [cond; uncond] concatenated: 19 collective-permutes, 2 all-to-alls).
+  moves = ("collective-permute", "all-to-all")
+  assert all(sample[part][kind] == 0 for part in ("collectives", "step_collectives") for kind in moves), sample
