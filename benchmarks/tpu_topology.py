@@ -4,6 +4,7 @@ Needs only jax (with libtpu installed); shared by benchmarks/aot.py and benchmar
 run in different venvs.
 """
 
+import math
 import os
 import re
 
@@ -18,6 +19,12 @@ GiB = 1 << 30
 CHIPS = {"v4": (32 * GiB, 275e12), "v5e": (16 * GiB, 197e12), "v5p": (95 * GiB, 459e12), "v6e": (32 * GiB, 918e12)}
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 _COLLECTIVE_OP = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+# An instruction producing a collective's result: the synchronous op or the -done of an async pair (whose -start's
+# type also holds the operands); group 1 its result type, group 2 the collective.
+_COLLECTIVE_RESULT = re.compile(r"^\s*(?:ROOT )?%\S+ = (.*?) (" + "|".join(COLLECTIVES) + r")(?:-done)?\(", re.M)
+_ARRAY_TYPE = re.compile(r"\b(pred|bf16|f16|f32|f64|s8|s16|s32|s64|u8|u16|u32|u64|c64|c128)\[([\d,]*)\]")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
+                "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
 
 
 def topology_devices(name: str) -> list:
@@ -41,6 +48,16 @@ def count_collectives(hlo_text: str) -> dict[str, int]:
   return counts
 
 
+def collective_bytes(hlo_text: str) -> dict[str, int]:
+  """{collective: bytes of its results, summed over such ops} in an HLO module's text, per chip: an all-reduce's
+  result is the reduced array (e.g. the gradients), an all-gather's the gathered one. Async pairs count once."""
+  totals = dict.fromkeys(COLLECTIVES, 0)
+  for match in _COLLECTIVE_RESULT.finditer(hlo_text):
+    for dtype, dims in _ARRAY_TYPE.findall(match.group(1)):
+      totals[match.group(2)] += _DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+  return totals
+
+
 def compiled_figures(compiled, topology: str, devices: list, global_batch: int) -> dict:
   """Per-chip figures of an executable compiled for `devices` of `topology` (one training step of global_batch
   examples): memory_analysis bytes vs the chip's HBM, cost_analysis FLOPs and cost-model seconds (XLA's estimate,
@@ -52,6 +69,7 @@ def compiled_figures(compiled, topology: str, devices: list, global_batch: int) 
   peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
   seconds = float(cost.get("optimal_seconds", -1.0))
   chips = len(devices)
+  hlo = compiled.as_text()
   valid = seconds > 0            # the cost model answers -1 for programs it cannot estimate
   return {
       "chips": chips, "device_kind": devices[0].device_kind,
@@ -60,5 +78,5 @@ def compiled_figures(compiled, topology: str, devices: list, global_batch: int) 
       "fits": bool(peak <= hbm), "flops": float(cost["flops"]), "cost_model_s": seconds if valid else None,
       "images_per_s_per_chip": global_batch / chips / seconds if valid else None,
       "mfu": float(cost["flops"]) / seconds / peak_flops if valid else None,
-      "collectives": count_collectives(compiled.as_text()),
+      "collectives": count_collectives(hlo), "collective_bytes": collective_bytes(hlo),
   }

@@ -15,6 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import venvs  # noqa: E402  pylint: disable=wrong-import-position
+from tpu_topology import collective_bytes, count_collectives  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _aot(env: dict, *flags: str) -> list[dict]:
@@ -35,6 +36,20 @@ def tiny_on_v5p(cached_compiles_env) -> dict:
   return {r["mesh"]["fsdp"]: r for r in _aot(cached_compiles_env, "--mesh=4,1,1", "--mesh=1,4,1")}
 
 
+def test_collectives_are_counted_once_with_their_result_bytes():
+  """A synchronous tuple all-reduce and an async all-gather pair (its -start's type also holds the operand)."""
+  hlo = """
+  %all-reduce.1 = (bf16[640,5120]{1,0:T(8,128)(2,1)}, f32[320]{0:T(512)}) all-reduce(%a, %b), to_apply=%add
+  %gte = bf16[640,5120]{1,0} get-tuple-element(%all-reduce.1), index=0
+  %all-gather-start.2 = (f32[8,16]{1,0}, f32[32,16]{1,0}) all-gather-start(%c), dimensions={0}
+  ROOT %all-gather-done.2 = f32[32,16]{1,0} all-gather-done(%all-gather-start.2)
+  """
+  assert count_collectives(hlo) == {"all-reduce": 1, "all-gather": 1, "reduce-scatter": 0, "collective-permute": 0,
+                                    "all-to-all": 0}
+  assert collective_bytes(hlo) == {"all-reduce": 640 * 5120 * 2 + 320 * 4, "all-gather": 32 * 16 * 4,
+                                   "reduce-scatter": 0, "collective-permute": 0, "all-to-all": 0}
+
+
 def test_fsdp_4_holds_a_quarter_of_params_and_optimizer_per_chip(tiny_on_v5p):
   one, four = tiny_on_v5p[1]["params_and_optimizer_bytes"], tiny_on_v5p[4]["params_and_optimizer_bytes"]
   # Not exactly 1/4: GroupNorm scales / biases ('norm') and dimensions fsdp does not divide stay whole.
@@ -50,6 +65,8 @@ def test_report_is_a_tpu_compile_with_cost_model_figures(tiny_on_v5p):
     assert r["flops"] > 0 and r["hbm_peak_gib"] > 0 and r["fits"]
   # Data parallelism all-reduces gradients; fsdp all-gathers weights and reduce-scatters gradients instead.
   assert tiny_on_v5p[1]["collectives"]["all-reduce"] > 0
+  # ... all of them, each at least in bfloat16: 2 bytes per trained parameter or more.
+  assert tiny_on_v5p[1]["collective_bytes"]["all-reduce"] >= 2 * tiny_on_v5p[1]["params"]
   assert tiny_on_v5p[4]["collectives"]["all-gather"] > 0
 
 
