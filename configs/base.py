@@ -389,6 +389,9 @@ def get_config() -> ml_collections.ConfigDict:
               # Sampling keeps the known region: latent cells with every pixel known follow the image's latent
               # (diffusers' 9-channel inpainting pipeline does not; its 4-channel one does).
               keep_known=True,
+              # The sampled image takes its known pixels from the input (mask * sample + (1 - mask) * image), as
+              # inpainting tools composite (diffusers' 9-channel pipeline does not).
+              paste_known=False,
           ),
           # 'low_res' (latent_diffusion.conditioning.low_res): LDM-SR, the low-resolution image at the latent grid
           # (the super-resolution factor is the autoencoder's f), made from each image by data.degradations.
@@ -398,6 +401,12 @@ def get_config() -> ml_collections.ConfigDict:
               # Training adds Gaussian noise with a standard deviation drawn from U(0, noise_std) per example
               # (pixels in [-1, 1]; 0 = none).
               noise_std=0.0,
+              # True: the autoencoder stage and the LDM model what bicubic upsampling of the low-resolution image
+              # misses (image - bicubic_up(low_res), SRDiff / ResShift); samples add bicubic_up(low_res) back.
+              residual=False,
+              # Iterations of back-projection of each sample onto its input (x += bicubic_up(low_res -
+              # bicubic_down(x)); 0 = none; needs blur_sigma = 0).
+              back_projection=0,
           ),
           # 'segmentation' (latent_diffusion.conditioning.segmentation): one-hot maps averaged to the latent grid.
           segmentation=dict(

@@ -1,5 +1,6 @@
 """Inpainting (the paper's LDM inpainting, Stable-Diffusion-inpainting's 9-channel UNet layout) on coloured shapes:
-the UNet reads x_t + the mask + the masked image's latent; masks are random strokes and boxes, some full or empty.
+the UNet reads x_t + the mask + the masked image's latent; masks are random strokes and boxes, some full or empty;
+samples take the known pixels from the input (paste_known).
 
   python -m latent_diffusion.cli.train --config=configs/inpainting.py --workdir=runs/inpainting
 
@@ -16,5 +17,6 @@ def get_config():
   config = tasks_base.get_config()
   config.ldm.loop.train_steps = 10_000
   config.ldm.conditioning.kinds = ("inpaint",)
+  config.ldm.conditioning.inpaint.paste_known = True
   config.evaluate.evals = dict(inpainting=evaluator("inpainting"))
   return config

@@ -1,7 +1,8 @@
 """Images from a latent diffusion model as one compiled function per (batch, size, sampler settings).
 
 condition inputs -> conditioner on device (text encoder, labels, concat) -> sampler scan with
-classifier-free guidance (the UNet on the [cond; uncond] batch) -> decoder -> images [B, H, W, C] in [0, 1].
+classifier-free guidance (the UNet on the [cond; uncond] batch) -> decoder -> the conditioning's pixels
+(Conditioner.pixels: residual super-resolution, pasted inpainting) -> images [B, H, W, C] in [0, 1].
 
 One generator serves trained runs and imported pipelines alike (`bundle.LatentDiffusion`): a request
 names what the model's conditioners read ('prompt' and 'negative_prompt' for text, 'label' for classes,
@@ -85,6 +86,8 @@ class Generator:
                   **extra, **dict(options))
       images = m.autoencoder.apply({"params": params["autoencoder"]}, z0 / m.scale_factor,
                                    method=type(m.autoencoder).decode)
+      if conditioned:
+        images = m.conditioning.pixels(images, cond_inputs)
       return jnp.clip(images / 2.0 + 0.5, 0.0, 1.0)
 
     return generate

@@ -88,7 +88,8 @@ CONDITIONERS = {
     "class": lambda config, *_: ClassConditioner(config.data.num_classes),
     "text": text_conditioner,
     "concat": lambda config, *_: ConcatConditioner(**config.ldm.conditioning.concat),
-    "inpaint": lambda config, *_: InpaintConditioner(mask_options(config), config.ldm.conditioning.inpaint.keep_known),
+    "inpaint": lambda config, *_: InpaintConditioner(mask_options(config), config.ldm.conditioning.inpaint.keep_known,
+                                                     config.ldm.conditioning.inpaint.paste_known),
     "low_res": lambda config, *_: LowResConditioner(config.autoencoder.model.in_channels,
                                                     **config.ldm.conditioning.low_res),
     "segmentation": lambda config, *_: SegmentationConditioner(**config.ldm.conditioning.segmentation),
@@ -106,6 +107,14 @@ def from_config(config, text_source: str | None = None, pipeline_text: tuple | N
   return Conditioning([CONDITIONERS[kind](config, text_source, pipeline_text) for kind in cfg.kinds], cfg.drop_prob)
 
 
+def first_stage_image_fn(config, factor: int):
+  """image [H, W, C] -> what the autoencoder stage trains on: the image, or its bicubic residual when the model is
+  residual super-resolution (config.ldm.conditioning.low_res.residual; `factor`: the autoencoder's)."""
+  if "low_res" in config.ldm.conditioning.kinds:
+    return CONDITIONERS["low_res"](config).with_factor(factor).first_stage_image
+  return lambda image: image
+
+
 __all__ = ["CONDITIONERS", "ClassConditioner", "ConcatConditioner", "Conditioner", "Conditioning", "InpaintConditioner",
            "LayoutConditioner", "LayoutTokenizer", "LowResConditioner", "SegmentationConditioner", "TextConditioner",
-           "from_config", "layout_conditioner", "merge_params", "text_conditioner", "trained_encoder"]
+           "first_stage_image_fn", "from_config", "layout_conditioner", "merge_params", "text_conditioner", "trained_encoder"]

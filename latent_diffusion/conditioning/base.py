@@ -12,7 +12,9 @@ The null condition of classifier-free guidance is `null_unet_kwargs` (training-t
 Conditions that live in the first stage's space (inpainting's masked-image latent, a condition at the
 latent grid) are bound to the autoencoder with `with_first_stage`; what varies per training step (random
 inpainting masks, noise on a low-resolution image) is drawn on device in `train_inputs`; what the sampler
-needs beyond the UNet's inputs (inpainting's known region) comes from `sampler_kwargs`.
+needs beyond the UNet's inputs (inpainting's known region) comes from `sampler_kwargs`. A conditioner may also
+change what the first stage models (`first_stage_image`, host side) and how decoded latents become the sampled
+image (`pixels`, device side): residual super-resolution.
 """
 
 import abc
@@ -108,6 +110,17 @@ class Conditioner(abc.ABC):
     """Device side: sampler inputs beyond the UNet's (inpainting's `mask` / `x0_known`); default none."""
     del params, inputs
     return {}
+
+  def first_stage_image(self, image: np.ndarray) -> np.ndarray:
+    """Host side: what the first stage encodes of a training image [H, W, C] in [-1, 1] (and what the autoencoder
+    stage trains on); default: the image (super-resolution's residual mode: what bicubic upsampling misses)."""
+    return image
+
+  def pixels(self, decoded, inputs: dict):
+    """Device side: the sampled image [B, H, W, C] in [-1, 1] from the first stage's decoding of the sampled latents
+    and the model inputs; default: as decoded (residual super-resolution adds the upsampled low-resolution image)."""
+    del inputs
+    return decoded
 
 
 def check_batch(name: str, value: np.ndarray, num: int, what: str) -> np.ndarray:

@@ -143,6 +143,16 @@ class Conditioning:
       out.update(given)
     return out
 
+  def first_stage_image(self, image: np.ndarray) -> np.ndarray:
+    for c in self.conditioners.values():
+      image = c.first_stage_image(image)
+    return image
+
+  def pixels(self, decoded, inputs: dict):
+    for c in self.conditioners.values():
+      decoded = c.pixels(decoded, {f: inputs[f] for f in c.input_fields()})
+    return decoded
+
   def _kwargs(self, method: str, params: dict, inputs: dict) -> dict:
     out = {}
     for name, c in self.conditioners.items():

@@ -8,7 +8,9 @@ E(image * (1 - mask))] with E the first stage's encoder (posterior mode; pre-qua
 computed on device with the encoder's frozen parameters. Training batches hold images only: masks are drawn per
 step (latent_diffusion.conditioning.masks). The masked image defines the task, so the null condition keeps it
 (guidance acts on other conditions, e.g. text). With keep_known, sampling keeps the known region: latent cells
-whose pixels are all known follow x0_known = scale * E(image) (diffusion.stepping.scan_steps).
+whose pixels are all known follow x0_known = scale * E(image) (diffusion.stepping.scan_steps). With paste_known,
+the sampled image takes the known pixels from the input (mask * sample + (1 - mask) * image), as inpainting tools
+composite; diffusers' 9-channel pipeline does neither.
 """
 
 import flax.linen as nn
@@ -43,14 +45,15 @@ class InpaintConditioner(Conditioner):
   name = "inpaint"
   reads_image = True
 
-  def __init__(self, masks: MaskOptions = MaskOptions(), keep_known: bool = True, autoencoder=None,
-               encoder_params=None, scale_factor: float | None = None):
-    self.masks, self.keep_known = masks, keep_known
+  def __init__(self, masks: MaskOptions = MaskOptions(), keep_known: bool = True, paste_known: bool = False,
+               autoencoder=None, encoder_params=None, scale_factor: float | None = None):
+    self.masks, self.keep_known, self.paste_known = masks, keep_known, paste_known
     self.autoencoder, self.encoder_params, self.scale_factor = autoencoder, encoder_params, scale_factor
 
   def with_first_stage(self, autoencoder, params, scale_factor):
     encoder_params = None if params is None else {k: nn.unbox(params[k]) for k in _ENCODER_PARTS if k in params}
-    return InpaintConditioner(self.masks, self.keep_known, autoencoder, encoder_params, scale_factor)
+    return InpaintConditioner(self.masks, self.keep_known, self.paste_known, autoencoder, encoder_params,
+                              scale_factor)
 
   def _bound(self):
     if self.autoencoder is None:
@@ -152,6 +155,12 @@ class InpaintConditioner(Conditioner):
     cells = inputs["mask"].reshape(b, height // f, f, width // f, f, 1).max(axis=(2, 4))     # any pixel to fill
     x0_known = params["scale_factor"] * first_stage_latent(self._bound(), params["encoder"], inputs["image"])
     return {"mask": 1.0 - cells, "x0_known": x0_known}
+
+  def pixels(self, decoded, inputs: dict):
+    if not self.paste_known:
+      return decoded
+    mask = inputs["mask"].astype(decoded.dtype)
+    return mask * decoded + (1.0 - mask) * inputs["image"].astype(decoded.dtype)
 
 
 def mask_options(config) -> MaskOptions:

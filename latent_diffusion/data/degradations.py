@@ -51,3 +51,9 @@ def degrade(image: np.ndarray, factor: int, blur_sigma: float = 0.0) -> np.ndarr
   """The low-resolution input of super-resolution: blur (sigma in high-resolution pixels), then bicubic x1/factor;
   [H, W, C] -> [H / factor, W / factor, C]."""
   return bicubic_downsample(gaussian_blur(_check(image, factor), blur_sigma), factor)
+
+
+def bicubic_residual(image: np.ndarray, factor: int, blur_sigma: float = 0.0) -> np.ndarray:
+  """What bicubic upsampling of the degraded image misses: image - bicubic_upsample(degrade(image)), [H, W, C]
+  (the target of residual super-resolution, as SRDiff / ResShift)."""
+  return np.asarray(image, np.float32) - bicubic_upsample(degrade(image, factor, blur_sigma), factor)

@@ -64,4 +64,5 @@ def evaluate_inpainting(cfg, results, ctx, suffix: str) -> dict:
       "inpainting_masked_fraction": float(masks.mean()),
       "inpainting_samples": int(len(images)),
       "inpainting_keep_known": bool(config.ldm.conditioning.inpaint.keep_known),
+      "inpainting_paste_known": bool(config.ldm.conditioning.inpaint.paste_known),
   }, suffix)

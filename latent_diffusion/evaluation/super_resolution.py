@@ -4,7 +4,8 @@ training size and larger.
 Held-out crops (config.data's 'val' split, at each of config.evaluate.tasks.size_multipliers x the training size)
 are degraded as in training (blur, bicubic x1/f, no noise) and super-resolved; PSNR (dB) and SSIM (scikit-image,
 pixels in [0, 1]) against the originals are reported beside bicubic upsampling of the same inputs (the baseline
-to beat) and the autoencoder's reconstruction of the originals (the ceiling of anything it decodes).
+to beat) and the autoencoder's reconstruction of the originals (the ceiling of anything it decodes; with
+residual super-resolution, bicubic upsampling + its reconstruction of the residual).
 """
 
 import pathlib
@@ -52,7 +53,11 @@ def evaluate_super_resolution(cfg, results, ctx, suffix: str) -> dict:
     images = conditioned.generate(generator, config, {"low_res": low}, batch)
     reference = conditioned.to_unit(high)
     bicubic = np.clip(conditioned.to_unit(np.stack([degradations.bicubic_upsample(x, factor) for x in low])), 0, 1)
-    reconstructed = conditioned.to_unit(conditioned.reconstruct(model, high))
+    # The ceiling of anything decoded: the first stage's reconstruction of what it models (residual mode: the
+    # bicubic residual, added back to the bicubic upsampling).
+    modelled = np.stack([model.conditioning.first_stage_image(x) for x in high])
+    reconstructed = conditioned.reconstruct(model, modelled) + (high - modelled)
+    reconstructed = np.clip(conditioned.to_unit(reconstructed), 0, 1)
     for name, x in (("model", images), ("bicubic", bicubic), ("autoencoder", reconstructed)):
       psnr, ssim = psnr_ssim(x, reference)
       figures[f"super_resolution_{name}_psnr_db_{side}px"] = psnr

@@ -14,13 +14,14 @@ import pathlib
 from typing import Any
 
 import flax
+import grain
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from latent_diffusion import data, parallel
+from latent_diffusion import conditioning, data, parallel
 from latent_diffusion.models import AutoencoderKL, VQModel
 from latent_diffusion.models.discriminator import NLayerDiscriminator
 from latent_diffusion.models.lpips import LPIPS, load_lpips_params
@@ -247,9 +248,16 @@ def make_train_step(stage1: Stage1) -> loop.StepFn:
   return train_step
 
 
+def first_stage_images(config, split: str) -> grain.MapDataset:
+  """Examples {'image': [H, W, C]} of config.data's `split` as the first stage models them: the images, or for
+  residual super-resolution their bicubic residuals (conditioning.first_stage_image_fn)."""
+  transform = conditioning.first_stage_image_fn(config, downsampling_factor(config))
+  return data.make_dataset(config.data, split).map(lambda ex: {"image": transform(ex["image"])})
+
+
 def validation_images(config) -> np.ndarray:
-  """Up to autoencoder.eval_examples validation images [N, H, W, C] in [-1, 1], in data-set order."""
-  dataset = data.make_dataset(config.data, "val").to_iter_dataset()
+  """Up to autoencoder.eval_examples validation images [N, H, W, C] (first_stage_images), in data-set order."""
+  dataset = first_stage_images(config, "val").to_iter_dataset()
   images = []
   for example in dataset:
     images.append(example["image"])
@@ -265,7 +273,7 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
   rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   stage1 = build(config)
   lpips_params = load_lpips(config)              # missing / wrong weights fail here, before any training
-  train_set = data.make_dataset(config.data, "train")
+  train_set = first_stage_images(config, "train")
   check_data(config, next(iter(train_set.to_iter_dataset())))
   if loop.latest_meta(workdir / "autoencoder") is None:
     stage1, state, shardings = init_state(config, mesh, rng, stage1)
@@ -278,7 +286,7 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
   stage = loop.Stage(
       name="autoencoder", loop_config=config.autoencoder.loop, workdir=workdir / "autoencoder",
       state=state, state_shardings=shardings, step_fn=make_train_step(stage1),
-      dataset=train_set.map(lambda ex: {"image": ex["image"]}), batch_size=config.data.batch_size,
+      dataset=train_set, batch_size=config.data.batch_size,
       rng=jax.random.fold_in(rng, 2), seed=config.seed, meta={"config": config.to_json_best_effort()},
       eval_fn=lambda s: evaluator(s.eval_params), mesh=mesh, mesh_config=config.mesh,
       step_args=(constants,), step_args_shardings=(parallel.replicated(mesh),),

@@ -194,8 +194,8 @@ def with_scale_factor(model: LatentDiffusion, scale_factor: float) -> LatentDiff
 
 
 def encode_split(config, model: LatentDiffusion, split: str, batch_size: int = 256) -> dict[str, np.ndarray]:
-  """Posterior mean / logvar [N, h, w, c] of every image of a split, plus its other fields (the images too when
-  a conditioner reads pixels); with text source 'context', also the frozen text encoder's outputs of its captions.
+  """Posterior mean / logvar [N, h, w, c] of every image of a split (of what the conditioning has the first stage
+  encode: Conditioner.first_stage_image), plus its other fields (the images too when a conditioner reads pixels); with text source 'context', also the frozen text encoder's outputs of its captions.
 
   One compiled encoder call per batch; the last batch is padded so that it compiles once.
   """
@@ -205,7 +205,8 @@ def encode_split(config, model: LatentDiffusion, split: str, batch_size: int = 2
   columns: dict[str, list] = {}
   for batch in data.make_dataset(config.data, split).to_iter_dataset().batch(batch_size):
     n = len(batch["image"])
-    images = np.pad(batch["image"] if model.conditioning.reads_image else batch.pop("image"),
+    pixels = batch["image"] if model.conditioning.reads_image else batch.pop("image")
+    images = np.pad(np.stack([model.conditioning.first_stage_image(x) for x in pixels]),
                     [(0, batch_size - n)] + [(0, 0)] * 3)
     posterior = jax.device_get(encode(model.params["autoencoder"], images))
     for name, value in {"latent_mean": posterior.mean[:n], "latent_logvar": posterior.logvar[:n], **batch}.items():

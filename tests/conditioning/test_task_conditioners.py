@@ -3,6 +3,7 @@
 segmentation maps at the latent grid, layouts' null = the encoder on the empty layout, and bad requests named
 with their shapes or ids."""
 
+import copy
 import dataclasses
 
 import diffusers
@@ -67,7 +68,8 @@ def test_inpaint_input_equals_diffusers_inpainting_layout(diffusers_vae):
 
 def test_known_region_survives_sampling():
   """Sampling keeps latent cells whose pixels are all known at the image's own latent: a mask with nothing to
-  fill gives exactly the autoencoder's reconstruction; a hole changes the image there."""
+  fill gives exactly the autoencoder's reconstruction; a hole changes the image there; paste_known puts the known
+  pixels back."""
   config = tiny_config("data.name=shapes", "autoencoder.model.in_channels=3", "ldm.conditioning.kinds=('inpaint',)")
   model = random_bundle(config)
   model = dataclasses.replace(model, params={**model.params, "unet": jax.tree.map(  # a UNet that predicts noise
@@ -87,6 +89,14 @@ def test_known_region_survives_sampling():
   expected = np.ones((2, 4, 4, 1))
   expected[:, 1:3, 1] = 0                       # rows 5..10 touch cells 1 and 2; columns 4..7 are cell 1
   np.testing.assert_array_equal(cells, expected)
+  # paste_known: the known pixels are the input's, the hole is what sampling filled in.
+  pasting = copy.copy(model.conditioning["inpaint"])
+  pasting.paste_known = True
+  pasted, _ = generation.Generator(dataclasses.replace(model, conditioning=conditioning.Conditioning([pasting])))(
+      {"image": image, "mask": hole}, num_steps=3, seed=1)
+  known = np.broadcast_to(hole[..., None] == 0, pasted.shape)
+  np.testing.assert_allclose(pasted[known], np.clip(image / 2 + 0.5, 0, 1)[known], atol=1e-6)
+  np.testing.assert_allclose(pasted[~known], filled[~known], atol=1e-6)
 
 
 def test_inpaint_bad_requests_name_both_shapes():

@@ -1,13 +1,17 @@
 """diffusers' LDMSuperResolutionPipeline (UNet2DModel with 6 input channels + a VQ f=4 decoder) imported as one of
 our bundles: a tiny random pipeline written by diffusers samples the same pixels in diffusers and in our Generator
-from the same initial latents, and a low-resolution image of the wrong size is refused with both shapes named."""
+from the same initial latents, and a low-resolution image of the wrong size is refused with both shapes named; the
+same networks in residual mode add the bicubic upsampling to each sample."""
+
+import dataclasses
 
 import diffusers
 import numpy as np
 import pytest
 import torch
 
-from latent_diffusion import generation
+from latent_diffusion import conditioning, generation
+from latent_diffusion.data import degradations
 from latent_diffusion.weights import super_resolution
 from tests import sd_pipelines
 
@@ -59,3 +63,19 @@ def test_low_res_of_the_wrong_size_is_refused_with_both_shapes(sr_folder):
   with pytest.raises(ValueError, match=r"condition 'low_res' has shape \(1, 8, 8, 4\); the model takes "
                                        r"\[\.\.\., h, w, 3\]"):
     generator({"low_res": np.zeros((1, 8, 8, 4), np.float32)}, num_steps=2)
+
+
+def test_residual_mode_adds_the_bicubic_upsampling_to_the_decoded_sample(sr_folder):
+  """The same networks as a residual super-resolution model: each sample is the plain model's decoded output plus
+  bicubic_up(low_res) (pixels in [0, 1]: half of it), compared where neither output is clipped."""
+  model = super_resolution.load_ldm_super_resolution(sr_folder)
+  residual = dataclasses.replace(model, conditioning=conditioning.Conditioning(
+      [conditioning.LowResConditioner(3, residual=True, factor=4)]))
+  low = np.random.default_rng(5).uniform(-0.3, 0.3, (2, LOW, LOW, 3)).astype(np.float32)
+  latents = np.random.default_rng(6).standard_normal((2, LOW, LOW, 3)).astype(np.float32)
+  plain, _ = generation.Generator(model)({"low_res": low}, num_steps=2, latents=latents)
+  ours, _ = generation.Generator(residual)({"low_res": low}, num_steps=2, latents=latents)
+  expected = plain + np.stack([degradations.bicubic_upsample(x, 4) for x in low]) / 2.0
+  inside = (plain > 0.01) & (plain < 0.99) & (expected > 0.01) & (expected < 0.99)
+  assert inside.mean() > 0.5
+  np.testing.assert_allclose(ours[inside], expected[inside], atol=1e-5)

@@ -63,7 +63,7 @@ _TASKS = {
                "ldm.conditioning.layout.heads=2"),
     # One size: its 2x path is the semantic one's (and costs another compile).
     "super_resolution": ("data.name=photo_crops", "data.val_examples=4", "ldm.conditioning.kinds=('low_res',)",
-                         "evaluate.tasks.size_multipliers=(1,)"),
+                         "ldm.conditioning.low_res.residual=True", "evaluate.tasks.size_multipliers=(1,)"),
 }
 
 
@@ -81,7 +81,8 @@ def test_task_evaluator_runs_by_name(task, tmp_path):
   expected = {"inpainting": ["inpainting_object_both_correct", "inpainting_known_region_mse"],
               "semantic": [f"semantic_mean_iou_{side}px", f"semantic_mean_iou_{2 * side}px"],
               "layout": ["layout_both_correct", "layout_no_guidance_both_correct", "layout_real_images_both_correct"],
-              "super_resolution": [f"super_resolution_{name}_{metric}_{side}px" for name in ("model", "bicubic")
+              "super_resolution": [f"super_resolution_{name}_{metric}_{side}px" for name in ("model", "bicubic",
+                                                                                             "autoencoder")
                                    for metric in ("psnr_db", "ssim")]}[task]
   for name in expected:
     assert np.isfinite(figures[name]), (name, figures)
