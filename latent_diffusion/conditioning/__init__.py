@@ -117,4 +117,5 @@ def first_stage_image_fn(config, factor: int):
 
 __all__ = ["CONDITIONERS", "ClassConditioner", "ConcatConditioner", "Conditioner", "Conditioning", "InpaintConditioner",
            "LayoutConditioner", "LayoutTokenizer", "LowResConditioner", "SegmentationConditioner", "TextConditioner",
-           "first_stage_image_fn", "from_config", "layout_conditioner", "merge_params", "text_conditioner", "trained_encoder"]
+           "first_stage_image_fn", "from_config", "layout_conditioner", "merge_params", "text_conditioner",
+           "trained_encoder"]

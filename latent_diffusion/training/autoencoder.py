@@ -14,8 +14,8 @@ import pathlib
 from typing import Any
 
 import flax
-import grain
 import flax.linen as nn
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np

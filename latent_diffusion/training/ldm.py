@@ -195,7 +195,8 @@ def with_scale_factor(model: LatentDiffusion, scale_factor: float) -> LatentDiff
 
 def encode_split(config, model: LatentDiffusion, split: str, batch_size: int = 256) -> dict[str, np.ndarray]:
   """Posterior mean / logvar [N, h, w, c] of every image of a split (of what the conditioning has the first stage
-  encode: Conditioner.first_stage_image), plus its other fields (the images too when a conditioner reads pixels); with text source 'context', also the frozen text encoder's outputs of its captions.
+  encode: Conditioner.first_stage_image), plus its other fields (the images too when a conditioner reads pixels);
+  with text source 'context', also the frozen text encoder's outputs of its captions.
 
   One compiled encoder call per batch; the last batch is padded so that it compiles once.
   """
