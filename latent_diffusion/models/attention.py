@@ -21,14 +21,39 @@ SCORE_BYTES: int | None = None
 MIN_ROWS = 16
 
 
-def _block_forward(q: jax.Array, k_t: jax.Array, v_t: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(out [G, c, H], logsumexp [G, c, 1] float32) for q [G, c, H], k_t and v_t [G, H, S]."""
+def _block_forward(q: jax.Array, k_t: jax.Array, v_t: jax.Array, upper: jax.Array,
+                   lower: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(out [G, c, H], logsumexp [G, c, 1] float32) for q [G, c, H], k_t and v_t [G, H, S], and bounds [G, c, 1] of
+  each row's maximum score (score_bounds).
+
+  Softmax is shift-invariant: where the bounds are at most MAX_SHIFT_GAP apart the block subtracts the upper
+  bound and skips the pass over its scores for their row maxima (23 % of the forward at the level-0
+  self-attention of cpu-small); otherwise it subtracts the exact maxima."""
   scores = jnp.einsum("...th,...hs->...ts", q * q.shape[-1] ** -0.5, k_t, preferred_element_type=jnp.float32)
-  peak = jnp.max(scores, axis=-1, keepdims=True)
+  peak = jax.lax.cond(jnp.max(upper - lower) <= MAX_SHIFT_GAP, lambda: upper,
+                      lambda: jnp.max(scores, axis=-1, keepdims=True))
   weights = jnp.exp(scores - peak)                                           # [G, c, S], unnormalised
   total = jnp.sum(weights, axis=-1, keepdims=True)
   out = jnp.einsum("...ts,...hs->...th", weights.astype(v_t.dtype), v_t, preferred_element_type=jnp.float32)
   return (out / total).astype(q.dtype), peak + jnp.log(total)               # normalised after the matmul
+
+
+# The widest gap between the bounds of a row's maximum score for which the softmax may be shifted by the upper one:
+# the largest weight is then >= e^-60 (normal in float32), and weights flushed to 0 (< e^-87) are < e^-27 of it.
+MAX_SHIFT_GAP = 60.0
+
+
+def score_bounds(q: jax.Array, k_t: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(upper, lower) bounds [G, T, 1] of each query row's maximum score max_s q.k_s / sqrt(H), q [G, T, H],
+  k_t [G, H, S], from O(T H^2 + S H) work: upper = sum_h max(q_h max_s k_hs, q_h min_s k_hs) (the keys' bounding
+  box); lower = the row's maximum over the 2H keys that attain those extremes (a subset's maximum)."""
+  q32, k32 = q.astype(jnp.float32) * q.shape[-1] ** -0.5, k_t.astype(jnp.float32)
+  extremes = jnp.concatenate([jnp.argmax(k32, axis=-1), jnp.argmin(k32, axis=-1)], axis=-1)       # [G, 2H]
+  k_extreme = jnp.take_along_axis(k32, extremes[..., None, :], axis=-1)                            # [G, H, 2H]
+  upper = jnp.sum(jnp.maximum(q32 * jnp.max(k_extreme, axis=-1)[..., None, :],
+                              q32 * jnp.min(k_extreme, axis=-1)[..., None, :]), axis=-1, keepdims=True)
+  lower = jnp.max(jnp.einsum("...th,...hk->...tk", q32, k_extreme), axis=-1, keepdims=True)
+  return upper, lower
 
 
 def _block_backward(q, k_t, v_t, out, lse, d_out):
@@ -107,9 +132,9 @@ def _blocks(fn, size: int, axis: int, *arrays: jax.Array):
   return jax.tree.map(lambda x: _merge(x, axis, size), out)
 
 
-def _pairs_forward(rows, q, k_t, v_t):
-  """Forward of a group of pairs, q [(G,) T, H], over blocks of `rows` queries."""
-  return _blocks(lambda qb: _block_forward(qb, k_t, v_t), rows, q.ndim - 2, q)
+def _pairs_forward(rows, q, k_t, v_t, upper, lower):
+  """Forward of a group of pairs, q [(G,) T, H] and bounds [(G,) T, 1], over blocks of `rows` queries."""
+  return _blocks(lambda *a: _block_forward(a[0], k_t, v_t, *a[1:]), rows, q.ndim - 2, q, upper, lower)
 
 
 def _pairs_backward(rows, q, k_t, v_t, out, lse, d_out):
@@ -148,7 +173,8 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 def _attention_fwd(q, k, v):
   q_p, k_t, v_t = _to_pairs(q, k, v)
   group, rows = block_shape(*q_p.shape[:2], k.shape[1])
-  out, lse = _blocks(lambda *a: _pairs_forward(rows, *a), group, 0, q_p, k_t, v_t)
+  bounds = score_bounds(q_p, k_t)
+  out, lse = _blocks(lambda *a: _pairs_forward(rows, *a), group, 0, q_p, k_t, v_t, *bounds)
   return _from_pairs(out, q.shape[0]), (q_p, k_t, v_t, out, lse)
 
 
