@@ -23,13 +23,13 @@ MIN_ROWS = 16
 
 def _block_forward(q: jax.Array, k_t: jax.Array, v_t: jax.Array, upper: jax.Array,
                    lower: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(out [G, c, H], logsumexp [G, c, 1] float32) for q [G, c, H], k_t and v_t [G, H, S], and bounds [G, c, 1] of
-  each row's maximum score (score_bounds).
+  """(out [G, c, H], logsumexp [G, c, 1] float32) for q [G, c, H] (scaled by 1 / sqrt(H)), k_t and v_t [G, H, S],
+  and bounds [G, c, 1] of each row's maximum score (score_bounds).
 
   Softmax is shift-invariant: where the bounds are at most MAX_SHIFT_GAP apart the block subtracts the upper
   bound and skips the pass over its scores for their row maxima (23 % of the forward at the level-0
   self-attention of cpu-small); otherwise it subtracts the exact maxima."""
-  scores = jnp.einsum("...th,...hs->...ts", q * q.shape[-1] ** -0.5, k_t, preferred_element_type=jnp.float32)
+  scores = jnp.einsum("...th,...hs->...ts", q, k_t, preferred_element_type=jnp.float32)
   peak = jax.lax.cond(jnp.max(upper - lower) <= MAX_SHIFT_GAP, lambda: upper,
                       lambda: jnp.max(scores, axis=-1, keepdims=True))
   weights = jnp.exp(scores - peak)                                           # [G, c, S], unnormalised
@@ -44,10 +44,10 @@ MAX_SHIFT_GAP = 60.0
 
 
 def score_bounds(q: jax.Array, k_t: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(upper, lower) bounds [G, T, 1] of each query row's maximum score max_s q.k_s / sqrt(H), q [G, T, H],
-  k_t [G, H, S], from O(T H^2 + S H) work: upper = sum_h max(q_h max_s k_hs, q_h min_s k_hs) (the keys' bounding
+  """(upper, lower) bounds [G, T, 1] of each query row's maximum score max_s q.k_s, q [G, T, H], k_t [G, H, S],
+  from O(T H^2 + S H) work: upper = sum_h max(q_h max_s k_hs, q_h min_s k_hs) (the keys' bounding
   box); lower = the row's maximum over the 2H keys that attain those extremes (a subset's maximum)."""
-  q32, k32 = q.astype(jnp.float32) * q.shape[-1] ** -0.5, k_t.astype(jnp.float32)
+  q32, k32 = q.astype(jnp.float32), k_t.astype(jnp.float32)
   extremes = jnp.concatenate([jnp.argmax(k32, axis=-1), jnp.argmin(k32, axis=-1)], axis=-1)       # [G, 2H]
   k_extreme = jnp.take_along_axis(k32, extremes[..., None, :], axis=-1)                            # [G, H, 2H]
   upper = jnp.sum(jnp.maximum(q32 * jnp.max(k_extreme, axis=-1)[..., None, :],
@@ -57,14 +57,14 @@ def score_bounds(q: jax.Array, k_t: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _block_backward(q, k_t, v_t, out, lse, d_out):
-  """(dq [G, c, H], dk_t, dv_t [G, H, S]) of one block, scores recomputed from logsumexp."""
-  scale = q.shape[-1] ** -0.5
+  """(dq * sqrt(H) [G, c, H], dk_t, dv_t [G, H, S]) of one block for q scaled by 1 / sqrt(H), scores recomputed
+  from logsumexp."""
   q32, k32, v32, d_out32 = (x.astype(jnp.float32) for x in (q, k_t, v_t, d_out))
-  probs = jnp.exp(jnp.einsum("...th,...hs->...ts", q32 * scale, k32) - lse)  # [G, c, S]
+  probs = jnp.exp(jnp.einsum("...th,...hs->...ts", q32, k32) - lse)        # [G, c, S]
   d_v = jnp.einsum("...ts,...th->...hs", probs, d_out32)
   d_probs = jnp.einsum("...th,...hs->...ts", d_out32, v32)
   row = jnp.sum(d_out32 * out.astype(jnp.float32), axis=-1, keepdims=True)  # softmax backward:
-  d_scores = probs * (d_probs - row) * scale                                 # dS = P * (dP - rowsum(dO * O))
+  d_scores = probs * (d_probs - row)                                         # dS = P * (dP - rowsum(dO * O))
   d_q = jnp.einsum("...ts,...hs->...th", d_scores, k32)
   d_k = jnp.einsum("...ts,...th->...hs", d_scores, q32)
   return d_q, d_k, d_v
@@ -172,6 +172,7 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 def _attention_fwd(q, k, v):
   q_p, k_t, v_t = _to_pairs(q, k, v)
+  q_p = (q_p.astype(jnp.float32) * q.shape[-1] ** -0.5).astype(q.dtype)     # scaled once, not per block
   group, rows = block_shape(*q_p.shape[:2], k.shape[1])
   bounds = score_bounds(q_p, k_t)
   out, lse = _blocks(lambda *a: _pairs_forward(rows, *a), group, 0, q_p, k_t, v_t, *bounds)
@@ -184,6 +185,7 @@ def _attention_bwd(residuals, d_out):
   group, rows = block_shape(*q_p.shape[:2], k_t.shape[-1])
   d_out_p = jnp.swapaxes(d_out, 1, 2).reshape(q_p.shape)
   d_q, d_k, d_v = _blocks(lambda *a: _pairs_backward(rows, *a), group, 0, *residuals, d_out_p)
+  d_q = d_q * q_p.shape[-1] ** -0.5
   return (_from_pairs(d_q, b).astype(q_p.dtype), _from_pairs(d_k, b, transposed=True).astype(k_t.dtype),
           _from_pairs(d_v, b, transposed=True).astype(v_t.dtype))
 
