@@ -6,9 +6,8 @@ are read and written several times per block. Inside, queries are kept [BN, T, H
 values transposed to [BN, H, S], the operand layouts for which XLA:CPU's small-head matmuls run
 fastest (up to 20x faster than other orders; benchmarks/ablate_attention.py). Each block's softmax subtracts an
 upper bound of its rows' maxima from O((T + S) H) work where that is provably safe (score_bounds), sparing a pass
-over the scores. The custom VJP saves
-only (q, k, v, out, logsumexp); the backward pass recomputes each block's scores, as flash
-attention does. Accelerators use jax.nn.dot_product_attention (XLA / cuDNN), probs_saved_attention (XLA ops with
+over the scores. The custom VJP saves only (q, k, v, out, logsumexp); the backward pass recomputes each block's
+scores, as flash attention does. Accelerators use jax.nn.dot_product_attention (XLA / cuDNN), probs_saved_attention (XLA ops with
 a leaner backward, TPU's default) or a Pallas kernel: `dot_product_attention` dispatches on an explicit `impl`
 (config.ldm.model.attention_impl).
 """
