@@ -58,17 +58,17 @@ def score_bounds(q: jax.Array, k_t: jax.Array) -> tuple[jax.Array, jax.Array]:
   return upper, lower
 
 
-def _block_backward(q, k_t, v_t, out, lse, d_out):
+def _block_backward(q, k_t, v_t, out, lse, d_out, q_t, d_out_t):
   """(dq * sqrt(H) [G, c, H], dk_t, dv_t [G, H, S]) of one block for q scaled by 1 / sqrt(H), scores recomputed
-  from logsumexp."""
-  q32, k32, v32, d_out32 = (x.astype(jnp.float32) for x in (q, k_t, v_t, d_out))
-  probs = jnp.exp(jnp.einsum("...th,...hs->...ts", q32, k32) - lse)        # [G, c, S]
-  d_v = jnp.einsum("...ts,...th->...hs", probs, d_out32)
-  d_probs = jnp.einsum("...th,...hs->...ts", d_out32, v32)
-  row = jnp.sum(d_out32 * out.astype(jnp.float32), axis=-1, keepdims=True)  # softmax backward:
+  from logsumexp; q_t and d_out_t are q and d_out transposed to [G, H, c] (see _attention_bwd)."""
+  f32 = lambda x: x.astype(jnp.float32)
+  probs = jnp.exp(jnp.einsum("...th,...hs->...ts", f32(q), f32(k_t)) - lse)  # [G, c, S]
+  d_v = jnp.einsum("...ht,...ts->...hs", f32(d_out_t), probs)
+  d_probs = jnp.einsum("...th,...hs->...ts", f32(d_out), f32(v_t))
+  row = jnp.sum(f32(d_out) * f32(out), axis=-1, keepdims=True)              # softmax backward:
   d_scores = probs * (d_probs - row)                                         # dS = P * (dP - rowsum(dO * O))
-  d_q = jnp.einsum("...ts,...hs->...th", d_scores, k32)
-  d_k = jnp.einsum("...ts,...th->...hs", d_scores, q32)
+  d_q = jnp.einsum("...ts,...hs->...th", d_scores, f32(k_t))
+  d_k = jnp.einsum("...ht,...ts->...hs", f32(q_t), d_scores)
   return d_q, d_k, d_v
 
 
@@ -139,17 +139,18 @@ def _pairs_forward(rows, q, k_t, v_t, upper, lower):
   return _blocks(lambda *a: _block_forward(a[0], k_t, v_t, *a[1:]), rows, q.ndim - 2, q, upper, lower)
 
 
-def _pairs_backward(rows, q, k_t, v_t, out, lse, d_out):
+def _pairs_backward(rows, q, k_t, v_t, out, lse, d_out, q_t, d_out_t):
   axis = q.ndim - 2
   if rows == q.shape[axis]:
-    return _block_backward(q, k_t, v_t, out, lse, d_out)
+    return _block_backward(q, k_t, v_t, out, lse, d_out, q_t, d_out_t)
 
   def accumulate(d_kv, xs):                          # every query block contributes to every key
     d_q, d_k, d_v = _block_backward(xs[0], k_t, v_t, *xs[1:])
     return (d_kv[0] + d_k, d_kv[1] + d_v), d_q
 
   zeros = jnp.zeros(k_t.shape, jnp.float32), jnp.zeros(v_t.shape, jnp.float32)
-  (d_k, d_v), d_q = jax.lax.scan(accumulate, zeros, tuple(_split(x, axis, rows) for x in (q, out, lse, d_out)))
+  blocks = (*(_split(x, axis, rows) for x in (q, out, lse, d_out)), *(_split(x, axis + 1, rows) for x in (q_t, d_out_t)))
+  (d_k, d_v), d_q = jax.lax.scan(accumulate, zeros, blocks)
   return _merge(d_q, axis, rows), d_k, d_v
 
 
@@ -186,7 +187,11 @@ def _attention_bwd(residuals, d_out):
   b = d_out.shape[0]
   group, rows = block_shape(*q_p.shape[:2], k_t.shape[-1])
   d_out_p = jnp.swapaxes(d_out, 1, 2).reshape(q_p.shape)
-  d_q, d_k, d_v = _blocks(lambda *a: _pairs_backward(rows, *a), group, 0, *residuals, d_out_p)
+  # q and dO also transposed to [BN, H, T], outside the loops: dK = dS^T q and dV = P^T dO then contract the
+  # operands' leading axes as plain matrix products, which XLA:CPU's fast dot kernels take (transposed in the loop
+  # body, XLA folds the transposes back into the dots and runs them 4x slower).
+  transposed = (jnp.swapaxes(q_p, 1, 2), jnp.swapaxes(d_out_p, 1, 2))
+  d_q, d_k, d_v = _blocks(lambda *a: _pairs_backward(rows, *a), group, 0, *residuals, d_out_p, *transposed)
   d_q = d_q * q_p.shape[-1] ** -0.5
   return (_from_pairs(d_q, b).astype(q_p.dtype), _from_pairs(d_k, b, transposed=True).astype(k_t.dtype),
           _from_pairs(d_v, b, transposed=True).astype(v_t.dtype))
