@@ -7,9 +7,9 @@ values transposed to [BN, H, S], the operand layouts for which XLA:CPU's small-h
 fastest (up to 20x faster than other orders; benchmarks/ablate_attention.py). Each block's softmax subtracts an
 upper bound of its rows' maxima from O((T + S) H) work where that is provably safe (score_bounds), sparing a pass
 over the scores. The custom VJP saves only (q, k, v, out, logsumexp); the backward pass recomputes each block's
-scores, as flash attention does. Accelerators use jax.nn.dot_product_attention (XLA / cuDNN), probs_saved_attention (XLA ops with
-a leaner backward, TPU's default) or a Pallas kernel: `dot_product_attention` dispatches on an explicit `impl`
-(config.ldm.model.attention_impl).
+scores, as flash attention does. Accelerators use jax.nn.dot_product_attention (XLA / cuDNN),
+probs_saved_attention (XLA ops with a leaner backward, TPU's default) or a Pallas kernel: `dot_product_attention`
+dispatches on an explicit `impl` (config.ldm.model.attention_impl).
 """
 
 import jax
@@ -149,7 +149,8 @@ def _pairs_backward(rows, q, k_t, v_t, out, lse, d_out, q_t, d_out_t):
     return (d_kv[0] + d_k, d_kv[1] + d_v), d_q
 
   zeros = jnp.zeros(k_t.shape, jnp.float32), jnp.zeros(v_t.shape, jnp.float32)
-  blocks = (*(_split(x, axis, rows) for x in (q, out, lse, d_out)), *(_split(x, axis + 1, rows) for x in (q_t, d_out_t)))
+  blocks = (*(_split(x, axis, rows) for x in (q, out, lse, d_out)),
+            *(_split(x, axis + 1, rows) for x in (q_t, d_out_t)))
   (d_k, d_v), d_q = jax.lax.scan(accumulate, zeros, blocks)
   return _merge(d_q, axis, rows), d_k, d_v
 
