@@ -4,12 +4,11 @@ CPU: work is split into blocks of (batch x head) pairs and query rows whose floa
 cache-sized budget: this CPU streams 7.5 GB/s from DRAM but 50-100 GB/s from cache, and scores
 are read and written several times per block. Inside, queries are kept [BN, T, H] and keys /
 values transposed to [BN, H, S], the operand layouts for which XLA:CPU's small-head matmuls run
-fastest (up to 20x faster than other orders; benchmarks/ablate_attention.py). Each block's softmax subtracts an
-upper bound of its rows' maxima from O((T + S) H) work where that is provably safe (score_bounds), sparing a pass
-over the scores. The custom VJP saves only (q, k, v, out, logsumexp); the backward pass recomputes each block's
-scores, as flash attention does. Accelerators use jax.nn.dot_product_attention (XLA / cuDNN),
-probs_saved_attention (XLA ops with a leaner backward, TPU's default) or a Pallas kernel: `dot_product_attention`
-dispatches on an explicit `impl` (config.ldm.model.attention_impl).
+fastest (up to 20x faster than other orders; benchmarks/ablate_attention.py). The custom VJP saves
+only (q, k, v, out, logsumexp); the backward pass recomputes each block's scores, as flash
+attention does. Accelerators use jax.nn.dot_product_attention (XLA / cuDNN), probs_saved_attention (XLA ops with
+a leaner backward, TPU's default) or a Pallas kernel: `dot_product_attention` dispatches on an explicit `impl`
+(config.ldm.model.attention_impl).
 """
 
 import jax
@@ -22,51 +21,26 @@ SCORE_BYTES: int | None = None
 MIN_ROWS = 16
 
 
-def _block_forward(q: jax.Array, k_t: jax.Array, v_t: jax.Array, upper: jax.Array,
-                   lower: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(out [G, c, H], logsumexp [G, c, 1] float32) for q [G, c, H] (scaled by 1 / sqrt(H)), k_t and v_t [G, H, S],
-  and bounds [G, c, 1] of each row's maximum score (score_bounds).
-
-  Softmax is shift-invariant: where the bounds are at most MAX_SHIFT_GAP apart the block subtracts the upper
-  bound and skips the pass over its scores for their row maxima (with q scaled once outside the blocks: the
-  level-0 self-attention of cpu-small, forward, one core of an AMD EPYC Zen 3: 77 -> 69 ms); otherwise it
-  subtracts the exact maxima."""
-  scores = jnp.einsum("...th,...hs->...ts", q, k_t, preferred_element_type=jnp.float32)
-  peak = jax.lax.cond(jnp.max(upper - lower) <= MAX_SHIFT_GAP, lambda: upper,
-                      lambda: jnp.max(scores, axis=-1, keepdims=True))
+def _block_forward(q: jax.Array, k_t: jax.Array, v_t: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(out [G, c, H], logsumexp [G, c, 1] float32) for q [G, c, H], k_t and v_t [G, H, S]."""
+  scores = jnp.einsum("...th,...hs->...ts", q * q.shape[-1] ** -0.5, k_t, preferred_element_type=jnp.float32)
+  peak = jnp.max(scores, axis=-1, keepdims=True)
   weights = jnp.exp(scores - peak)                                           # [G, c, S], unnormalised
   total = jnp.sum(weights, axis=-1, keepdims=True)
   out = jnp.einsum("...ts,...hs->...th", weights.astype(v_t.dtype), v_t, preferred_element_type=jnp.float32)
   return (out / total).astype(q.dtype), peak + jnp.log(total)               # normalised after the matmul
 
 
-# The widest gap between the bounds of a row's maximum score for which the softmax may be shifted by the upper one:
-# the largest weight is then >= e^-60 (normal in float32), and weights flushed to 0 (< e^-87) are < e^-27 of it.
-MAX_SHIFT_GAP = 60.0
-
-
-def score_bounds(q: jax.Array, k_t: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(upper, lower) bounds [G, T, 1] of each query row's maximum score max_s q.k_s, q [G, T, H], k_t [G, H, S],
-  from O(T H^2 + S H) work: upper = sum_h max(q_h max_s k_hs, q_h min_s k_hs) (the keys' bounding
-  box); lower = the row's maximum over the 2H keys that attain those extremes (a subset's maximum)."""
-  q32, k32 = q.astype(jnp.float32), k_t.astype(jnp.float32)
-  extremes = jnp.concatenate([jnp.argmax(k32, axis=-1), jnp.argmin(k32, axis=-1)], axis=-1)       # [G, 2H]
-  k_extreme = jnp.take_along_axis(k32, extremes[..., None, :], axis=-1)                            # [G, H, 2H]
-  upper = jnp.sum(jnp.maximum(q32 * jnp.max(k_extreme, axis=-1)[..., None, :],
-                              q32 * jnp.min(k_extreme, axis=-1)[..., None, :]), axis=-1, keepdims=True)
-  lower = jnp.max(jnp.einsum("...th,...hk->...tk", q32, k_extreme), axis=-1, keepdims=True)
-  return upper, lower
-
-
 def _block_backward(q, k_t, v_t, out, lse, d_out, q_t, d_out_t):
-  """(dq * sqrt(H) [G, c, H], dk_t, dv_t [G, H, S]) of one block for q scaled by 1 / sqrt(H), scores recomputed
-  from logsumexp; q_t and d_out_t are q and d_out transposed to [G, H, c] (see _attention_bwd)."""
+  """(dq [G, c, H], dk_t, dv_t [G, H, S]) of one block, scores recomputed from logsumexp; q_t and d_out_t are q and
+  d_out transposed to [G, H, c] (see _attention_bwd)."""
+  scale = q.shape[-1] ** -0.5
   f32 = lambda x: x.astype(jnp.float32)
-  probs = jnp.exp(jnp.einsum("...th,...hs->...ts", f32(q), f32(k_t)) - lse)  # [G, c, S]
+  probs = jnp.exp(jnp.einsum("...th,...hs->...ts", f32(q) * scale, f32(k_t)) - lse)  # [G, c, S]
   d_v = jnp.einsum("...ht,...ts->...hs", f32(d_out_t), probs)
   d_probs = jnp.einsum("...th,...hs->...ts", f32(d_out), f32(v_t))
   row = jnp.sum(f32(d_out) * f32(out), axis=-1, keepdims=True)              # softmax backward:
-  d_scores = probs * (d_probs - row)                                         # dS = P * (dP - rowsum(dO * O))
+  d_scores = probs * (d_probs - row) * scale                                 # dS = P * (dP - rowsum(dO * O))
   d_q = jnp.einsum("...ts,...hs->...th", d_scores, f32(k_t))
   d_k = jnp.einsum("...ht,...ts->...hs", f32(q_t), d_scores)
   return d_q, d_k, d_v
@@ -134,9 +108,9 @@ def _blocks(fn, size: int, axis: int, *arrays: jax.Array):
   return jax.tree.map(lambda x: _merge(x, axis, size), out)
 
 
-def _pairs_forward(rows, q, k_t, v_t, upper, lower):
-  """Forward of a group of pairs, q [(G,) T, H] and bounds [(G,) T, 1], over blocks of `rows` queries."""
-  return _blocks(lambda *a: _block_forward(a[0], k_t, v_t, *a[1:]), rows, q.ndim - 2, q, upper, lower)
+def _pairs_forward(rows, q, k_t, v_t):
+  """Forward of a group of pairs, q [(G,) T, H], over blocks of `rows` queries."""
+  return _blocks(lambda qb: _block_forward(qb, k_t, v_t), rows, q.ndim - 2, q)
 
 
 def _pairs_backward(rows, q, k_t, v_t, out, lse, d_out, q_t, d_out_t):
@@ -176,10 +150,8 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 def _attention_fwd(q, k, v):
   q_p, k_t, v_t = _to_pairs(q, k, v)
-  q_p = (q_p.astype(jnp.float32) * q.shape[-1] ** -0.5).astype(q.dtype)     # scaled once, not per block
   group, rows = block_shape(*q_p.shape[:2], k.shape[1])
-  bounds = score_bounds(q_p, k_t)
-  out, lse = _blocks(lambda *a: _pairs_forward(rows, *a), group, 0, q_p, k_t, v_t, *bounds)
+  out, lse = _blocks(lambda *a: _pairs_forward(rows, *a), group, 0, q_p, k_t, v_t)
   return _from_pairs(out, q.shape[0]), (q_p, k_t, v_t, out, lse)
 
 
@@ -189,11 +161,10 @@ def _attention_bwd(residuals, d_out):
   group, rows = block_shape(*q_p.shape[:2], k_t.shape[-1])
   d_out_p = jnp.swapaxes(d_out, 1, 2).reshape(q_p.shape)
   # q and dO also transposed to [BN, H, T], outside the loops: dK = dS^T q and dV = P^T dO then contract the
-  # operands' leading axes as plain matrix products, which XLA:CPU's fast dot kernels take (transposed in the loop
-  # body, XLA folds the transposes back into the dots and runs them 4x slower).
+  # operands' leading axes as plain matrix products, which XLA:CPU's YNNPACK dots take (transposed in the loop
+  # body, XLA folds the transposes back into the dots and runs them by Eigen, 1.4x slower here).
   transposed = (jnp.swapaxes(q_p, 1, 2), jnp.swapaxes(d_out_p, 1, 2))
   d_q, d_k, d_v = _blocks(lambda *a: _pairs_backward(rows, *a), group, 0, *residuals, d_out_p, *transposed)
-  d_q = d_q * q_p.shape[-1] ** -0.5
   return (_from_pairs(d_q, b).astype(q_p.dtype), _from_pairs(d_k, b, transposed=True).astype(k_t.dtype),
           _from_pairs(d_v, b, transposed=True).astype(v_t.dtype))
 

@@ -44,26 +44,6 @@ def test_values_and_gradients_match_softmax_attention(t, s, score_bytes, plan, m
   _assert_matches_reference(attention.blocked_attention, q, k, v, value_tol=1e-6, seed=9)
 
 
-@pytest.mark.parametrize("scale", [0.1, 2.0, 30.0])
-def test_score_bounds_bracket_each_rows_maximum_score(scale):
-  q, k, _ = (x * scale for x in _inputs(24, 40, seed=3))
-  q_p, k_t, _ = attention._to_pairs(q, k, k)
-  upper, lower = attention.score_bounds(q_p, k_t)
-  row_max = jnp.max(jnp.einsum("gth,ghs->gts", q_p, k_t), axis=-1, keepdims=True)
-  slack = 1e-5 * jnp.abs(row_max) + 1e-5                       # float32 rounding of the scores
-  assert bool(jnp.all(lower <= row_max + slack)) and bool(jnp.all(row_max <= upper + slack))
-
-
-def test_scores_beyond_the_shift_gap_take_exact_maxima_and_match(monkeypatch):
-  """Scores so large that the bounds are > MAX_SHIFT_GAP apart: the blocks subtract exact row maxima instead."""
-  monkeypatch.setattr(attention, "SCORE_BYTES", 16 * 64 * 4)
-  q, k, v = (x * s for x, s in zip(_inputs(64, 64, seed=6), (3.0, 3.0, 1.0)))
-  q_p, k_t, _ = attention._to_pairs(q, k, v)
-  upper, lower = attention.score_bounds(q_p / np.sqrt(q.shape[-1]), k_t)
-  assert float(jnp.max(upper - lower)) > attention.MAX_SHIFT_GAP
-  _assert_matches_reference(attention.blocked_attention, q, k, v, value_tol=1e-6, seed=7)
-
-
 def test_bfloat16_inputs_keep_their_dtype_and_stay_close():
   q, k, v = _inputs(64, 64)
   low = attention.blocked_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)))
