@@ -392,10 +392,6 @@ def get_config() -> ml_collections.ConfigDict:
               # The sampled image takes its known pixels from the input (mask * sample + (1 - mask) * image), as
               # inpainting tools composite (diffusers' 9-channel pipeline does not).
               paste_known=False,
-              # Weight of the diffusion loss on latent cells whose pixels are all known, relative to the hole's
-              # cells (1 = uniform, as SD-inpainting trains; < 1 spends the model on the hole, which is all that
-              # reaches the image with keep_known / paste_known).
-              known_loss_weight=1.0,
           ),
           # 'low_res' (latent_diffusion.conditioning.low_res): LDM-SR, the low-resolution image at the latent grid
           # (the super-resolution factor is the autoencoder's f), made from each image by data.degradations.

@@ -88,9 +88,8 @@ CONDITIONERS = {
     "class": lambda config, *_: ClassConditioner(config.data.num_classes),
     "text": text_conditioner,
     "concat": lambda config, *_: ConcatConditioner(**config.ldm.conditioning.concat),
-    "inpaint": lambda config, *_: InpaintConditioner(
-        mask_options(config), config.ldm.conditioning.inpaint.keep_known, config.ldm.conditioning.inpaint.paste_known,
-        known_loss_weight=config.ldm.conditioning.inpaint.known_loss_weight),
+    "inpaint": lambda config, *_: InpaintConditioner(mask_options(config), config.ldm.conditioning.inpaint.keep_known,
+                                                     config.ldm.conditioning.inpaint.paste_known),
     "low_res": lambda config, *_: LowResConditioner(config.autoencoder.model.in_channels,
                                                     **config.ldm.conditioning.low_res),
     "segmentation": lambda config, *_: SegmentationConditioner(**config.ldm.conditioning.segmentation),

@@ -111,11 +111,6 @@ class Conditioner(abc.ABC):
     del params, inputs
     return {}
 
-  def loss_weights(self, inputs: dict):
-    """Device side: weights [B, h, w, 1] of the diffusion loss per latent cell for training inputs, or None
-    (uniform; the default)."""
-    del inputs
-
   def first_stage_image(self, image: np.ndarray) -> np.ndarray:
     """Host side: what the first stage encodes of a training image [H, W, C] in [-1, 1] (and what the autoencoder
     stage trains on); default: the image (super-resolution's residual mode: what bicubic upsampling misses)."""

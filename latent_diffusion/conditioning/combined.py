@@ -186,17 +186,6 @@ class Conditioning:
     pick = lambda c, n: jnp.where(drop.reshape((batch,) + (1,) * (c.ndim - 1)), n.astype(c.dtype), c)
     return jax.tree.map(pick, kwargs, null)
 
-  def train_loss_weights(self, batch: dict, rng: jax.Array):
-    """Weights [B, h, w, 1] of the diffusion loss per latent cell (the product of the conditioners' that give
-    any), for the inputs train_unet_kwargs draws from the same batch and rng; None: uniform."""
-    inputs = self.train_inputs(batch, rng)
-    weights = None
-    for c in self.conditioners.values():
-      own = c.loss_weights({f: inputs[f] for f in c.input_fields()})
-      if own is not None:
-        weights = own if weights is None else weights * own
-    return weights
-
   def describe(self) -> str:
     return " + ".join(self.kinds) or "unconditional"
 

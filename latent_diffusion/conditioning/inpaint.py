@@ -10,8 +10,7 @@ step (latent_diffusion.conditioning.masks). The masked image defines the task, s
 (guidance acts on other conditions, e.g. text). With keep_known, sampling keeps the known region: latent cells
 whose pixels are all known follow x0_known = scale * E(image) (diffusion.stepping.scan_steps). With paste_known,
 the sampled image takes the known pixels from the input (mask * sample + (1 - mask) * image), as inpainting tools
-composite; diffusers' 9-channel pipeline does neither. known_loss_weight < 1 weights the diffusion loss of latent
-cells whose pixels are all known down (with keep_known / paste_known only the hole's cells reach the image).
+composite; diffusers' 9-channel pipeline does neither.
 """
 
 import flax.linen as nn
@@ -47,19 +46,14 @@ class InpaintConditioner(Conditioner):
   reads_image = True
 
   def __init__(self, masks: MaskOptions = MaskOptions(), keep_known: bool = True, paste_known: bool = False,
-               autoencoder=None, encoder_params=None, scale_factor: float | None = None,
-               known_loss_weight: float = 1.0):
-    if known_loss_weight < 0.0:
-      raise ValueError(f"known_loss_weight={known_loss_weight} must be >= 0 "
-                       f"(config.ldm.conditioning.inpaint.known_loss_weight; 1 = uniform loss).")
+               autoencoder=None, encoder_params=None, scale_factor: float | None = None):
     self.masks, self.keep_known, self.paste_known = masks, keep_known, paste_known
-    self.known_loss_weight = float(known_loss_weight)
     self.autoencoder, self.encoder_params, self.scale_factor = autoencoder, encoder_params, scale_factor
 
   def with_first_stage(self, autoencoder, params, scale_factor):
     encoder_params = None if params is None else {k: nn.unbox(params[k]) for k in _ENCODER_PARTS if k in params}
     return InpaintConditioner(self.masks, self.keep_known, self.paste_known, autoencoder, encoder_params,
-                              scale_factor, self.known_loss_weight)
+                              scale_factor)
 
   def _bound(self):
     if self.autoencoder is None:
@@ -156,20 +150,11 @@ class InpaintConditioner(Conditioner):
   def sampler_kwargs(self, params, inputs: dict) -> dict:
     if not self.keep_known:
       return {}
-    x0_known = params["scale_factor"] * first_stage_latent(self._bound(), params["encoder"], inputs["image"])
-    return {"mask": 1.0 - self._hole_cells(inputs["mask"]), "x0_known": x0_known}
-
-  def loss_weights(self, inputs: dict):
-    if self.known_loss_weight == 1.0:
-      return None
-    cells = self._hole_cells(inputs["mask"])
-    return cells + self.known_loss_weight * (1.0 - cells)
-
-  def _hole_cells(self, mask):
-    """[B, h, w, 1]: 1 where a latent cell has any pixel to fill, of a pixel mask [B, H, W, 1]."""
     f = self.factor
-    b, height, width, _ = mask.shape
-    return mask.reshape(b, height // f, f, width // f, f, 1).max(axis=(2, 4))
+    b, height, width, _ = inputs["mask"].shape
+    cells = inputs["mask"].reshape(b, height // f, f, width // f, f, 1).max(axis=(2, 4))     # any pixel to fill
+    x0_known = params["scale_factor"] * first_stage_latent(self._bound(), params["encoder"], inputs["image"])
+    return {"mask": 1.0 - cells, "x0_known": x0_known}
 
   def pixels(self, decoded, inputs: dict):
     if not self.paste_known:

@@ -269,17 +269,10 @@ def make_train_step(model: LatentDiffusion, tx, scale_factor: float, ema_decay: 
     x_t = q_sample(model.schedule, z0, t, noise)
     target = training_target(model.schedule, z0, noise, t, model.prediction_type)
     cond_params = conditioning_lib.merge_params(params.get("conditioner", {}), frozen)
-    cond_batch = {f: batch[f] for f in fields}
-    cond = model.conditioning.train_unet_kwargs(cond_params, cond_batch, drop_rng)
+    cond = model.conditioning.train_unet_kwargs(cond_params, {f: batch[f] for f in fields}, drop_rng)
     out = model.unet.apply({"params": params["unet"]}, x_t, t, **cond, deterministic=False,
                            rngs={"dropout": dropout_rng})
-    squared = jnp.square(out.astype(jnp.float32) - target)
-    weights = model.conditioning.train_loss_weights(cond_batch, drop_rng)      # the same draws (masks) as `cond`
-    if weights is None:
-      loss = jnp.mean(squared)
-    else:   # weighted mean; a batch of zero weight (all known, known_loss_weight 0) has loss 0
-      weights = jnp.broadcast_to(weights, squared.shape)
-      loss = jnp.sum(weights * squared) / jnp.maximum(jnp.sum(weights), 1e-8)
+    loss = jnp.mean(jnp.square(out.astype(jnp.float32) - target))
     return loss, {"loss": loss}
 
   def train_step(state, batch: dict, rng: jax.Array, frozen: dict):

@@ -89,16 +89,6 @@ def test_known_region_survives_sampling():
   expected = np.ones((2, 4, 4, 1))
   expected[:, 1:3, 1] = 0                       # rows 5..10 touch cells 1 and 2; columns 4..7 are cell 1
   np.testing.assert_array_equal(cells, expected)
-  # known_loss_weight: the diffusion loss weighs the hole's cells 1, the all-known cells less; 1 = uniform (None).
-  assert model.conditioning["inpaint"].loss_weights({"image": image, "mask": hole[..., None]}) is None
-  weighting = copy.copy(model.conditioning["inpaint"])
-  weighting.known_loss_weight = 0.25
-  np.testing.assert_array_equal(weighting.loss_weights({"image": image, "mask": hole[..., None]}),
-                                1.0 - 0.75 * expected)
-  weighted = conditioning.Conditioning([weighting])
-  batch, rng = {"image": jnp.asarray(image)}, jax.random.key(4)     # the masks train_unet_kwargs draws from these
-  drawn = weighted.train_inputs(batch, rng)["mask"]
-  np.testing.assert_array_equal(weighted.train_loss_weights(batch, rng), weighting.loss_weights({"mask": drawn}))
   # paste_known: the known pixels are the input's, the hole is what sampling filled in.
   pasting = copy.copy(model.conditioning["inpaint"])
   pasting.paste_known = True
