@@ -3,7 +3,8 @@
 For each held-out image, one side (left, right, top or bottom half, chosen at random) of one of its objects' box
 is masked; the model fills it. The shape judge (shape_judges.ShapeJudge) asks whether that object is the right
 shape in the right colour, on the inpainted image, on the real image (ceiling), on the autoencoder's
-reconstruction, and on the masked input with the hole left grey (what the visible half alone scores: a model
+reconstruction (whole, and pasted into the hole with the real pixels around it: the ceiling of paste_known sampling
+through this decoder), and on the masked input with the hole left grey (what the visible half alone scores: a model
 that pastes the input back cannot pass). The known region's mean squared error (pixels in [0, 1]) is set
 against the autoencoder's own reconstruction error on the same pixels.
 """
@@ -45,9 +46,11 @@ def evaluate_inpainting(cfg, results, ctx, suffix: str) -> dict:
   inpainted = conditioned.to_data(images)
   reconstructed = conditioned.reconstruct(model, val["image"])
   holes = val["image"] * (1.0 - masks[..., None])
+  # The ceiling of paste_known sampling through this decoder: the reconstruction in the hole, real pixels around it.
+  reconstructed_pasted = masks[..., None] * reconstructed + (1.0 - masks[..., None]) * val["image"]
   verdicts = {name: judge(x, boxes, labels).summary() for name, x in
               (("inpainted", inpainted), ("real", val["image"]), ("reconstructed", reconstructed),
-               ("masked_input", holes))}
+               ("reconstructed_pasted", reconstructed_pasted), ("masked_input", holes))}
   known = (1.0 - masks)[..., None]
   error = lambda x: float(np.sum(known * np.square((x - val["image"]) / 2.0)) / (np.sum(known) * x.shape[-1]))
   if ctx.is_writer:

@@ -90,8 +90,9 @@ def test_task_evaluator_runs_by_name(task, tmp_path):
            "super_resolution": ["samples_1x.png"]}[task]
   assert all((tmp_path / g).exists() for g in grids)
   if task == "inpainting":
-    # The real images' objects are judged whole; the masked inputs' are not.
+    # The real images' objects are judged whole; the masked inputs' are not; each verdict judges every object.
     judged = figures["inpainting_judge"]
     assert judged["real"]["both_correct"] == 1.0 > judged["masked_input"]["both_correct"]
+    assert {v["objects"] for v in judged.values()} == {judged["real"]["objects"]} and len(judged) == 5
   if task == "super_resolution":
     assert figures[f"super_resolution_bicubic_psnr_db_{side}px"] > 15
