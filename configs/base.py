@@ -34,6 +34,9 @@ def loop(train_steps: int) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       # Optimizer steps of the stage.
       train_steps=train_steps,
+      # Global batch size of the stage's training steps (split over the data x fsdp mesh axes); 0 = config.data.
+      # batch_size. Lets the two stages differ (e.g. a cheap autoencoder batch and a larger LDM batch).
+      batch_size=0,
       # Host syncs happen only at these intervals.
       log_every_steps=100,
       eval_every_steps=1000,
@@ -427,6 +430,10 @@ def get_config() -> ml_collections.ConfigDict:
               layers=2,
               heads=4,
               mlp_ratio=4,
+              # Also concatenate to x_t a map of the boxes: per latent cell, the fraction each class's boxes cover
+              # (num_classes channels, zeros when the condition is dropped). The model then samples at its
+              # trained size only.
+              box_map=False,
           ),
       ),
       # Fine-tune this diffusers pipeline folder or original (CompVis / SD) single-file checkpoint: the UNet,

@@ -20,7 +20,11 @@ def get_config():
   config = tasks_base.get_config()
   config.autoencoder.loop.train_steps = 1_000
   config.autoencoder.loop.eval_every_steps = 1_000
-  config.ldm.loop.train_steps = 9_000
+  # The LDM trains on batches of 32 (the autoencoder keeps data.batch_size 16) at twice the tasks' learning rate:
+  # 5,000 steps of 32 filled more objects right than 9,000 of 16 in the same time (README, "Tasks").
+  config.ldm.loop.batch_size = 32
+  config.ldm.optim.lr = 2e-3
+  config.ldm.loop.train_steps = 5_000
   config.ldm.diffusion.prediction_type = "v_prediction"
   config.ldm.diffusion.rescale_zero_terminal_snr = True
   config.sample.spacing = "trailing"

@@ -27,9 +27,12 @@ def tiny_config(*overrides: str):
 
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory) -> pathlib.Path:
-  """A workdir after configs/tiny.py ran all stages (autoencoder, ldm, evaluate)."""
+  """A workdir after configs/tiny.py ran all stages (autoencoder, ldm, evaluate), the LDM on batches of 8 (its own
+  loop.batch_size) while the autoencoder takes data.batch_size (16)."""
   workdir = tmp_path_factory.mktemp("tiny_run")
-  experiment.run(tiny_config(), workdir)
+  config = tiny_config()
+  config.ldm.loop.batch_size = 8
+  experiment.run(config, workdir)
   assert json.loads((workdir / "metrics.json").read_text()).keys() >= set(experiment.STAGES)
   return workdir
 

@@ -78,8 +78,9 @@ def layout_conditioner(config, *_) -> LayoutConditioner:
   """Boxes + class tokens (config.data.num_classes classes) through a transformer trained with the UNet."""
   layout = config.ldm.conditioning.layout
   tokenizer = LayoutTokenizer(config.data.num_classes, layout.bins, layout.max_objects)
+  image_size = (config.data.image_size, config.data.image_width or config.data.image_size)
   return LayoutConditioner(tokenizer, trained_encoder(len(tokenizer), tokenizer.model_max_length, layout,
-                                                      config.ldm.model.dtype))
+                                                      config.ldm.model.dtype), layout.box_map, image_size)
 
 
 # Conditioner name -> fn(config, text_source, pipeline_text) building it from config.ldm.conditioning (and

@@ -5,8 +5,14 @@ A layout is boxes float [M, 4] as (x0, y0, x1, y1) in units of the image side ([
 -1 = no object. Tokens: [BOS] (class, x0, y0, x1, y1) per object, in the given order, [EOS], then [PAD] up to
 2 + 5 max_objects; each coordinate quantized to one of `bins` levels. The encoder is the text conditioner's
 BERT-style transformer (trained from scratch); the null condition is the encoding of the empty layout.
+
+Optionally (`box_map`) the boxes also reach the UNet as a map concatenated to x_t: per latent cell, the fraction of
+it each class's boxes cover [h, w, num_classes] (zeros for the null condition), as layout models that ground their
+objects spatially do (GLIGEN, LayoutDiffusion); the tokens and cross-attention stay. Such a model samples at its
+trained size, which the map fixes.
 """
 
+import jax.numpy as jnp
 import numpy as np
 
 from latent_diffusion.conditioning.base import check_batch
@@ -64,12 +70,47 @@ class LayoutTokenizer:
 
 
 class LayoutConditioner(TextConditioner):
-  """Records / requests: 'boxes' [(B,) M, 4], 'box_labels' [(B,) M]; inputs {'tokens': int32 [B, L]};
-  UNet kwargs {'context': [B, L, D]} from the jointly trained encoder."""
+  """Records / requests: 'boxes' [(B,) M, 4], 'box_labels' [(B,) M]; inputs {'tokens': int32 [B, L]} (+ 'box_map'
+  float32 [B, h, w, num_classes]); UNet kwargs {'context': [B, L, D]} from the jointly trained encoder (+ 'concat':
+  the box map)."""
   name = "layout"
 
-  def __init__(self, tokenizer: LayoutTokenizer, encoder):
+  def __init__(self, tokenizer: LayoutTokenizer, encoder, box_map: bool = False,
+               image_size: tuple[int, int] | None = None, factor: int | None = None):
     super().__init__(tokenizer, encoder, None, train_encoder=True)
+    self.box_map, self.image_size, self.factor = box_map, image_size, factor
+
+  def with_first_stage(self, autoencoder, params, scale_factor):
+    return LayoutConditioner(self.tokenizer, self.encoder, self.box_map, self.image_size,
+                             autoencoder.downsampling_factor)
+
+  def input_fields(self) -> tuple[str, ...]:
+    return ("tokens",) + (("box_map",) if self.box_map else ())
+
+  @property
+  def grid(self) -> tuple[int, int]:
+    """The latent grid (h, w) of the box map: the trained image size over the autoencoder's factor."""
+    if self.factor is None or self.image_size is None:
+      raise ValueError("The layout conditioner's box map needs the image size and a first stage "
+                       "(Conditioning.with_first_stage).")
+    return self.image_size[0] // self.factor, self.image_size[1] // self.factor
+
+  def request_grid(self, inputs: dict) -> tuple[int, int] | None:
+    return tuple(inputs["box_map"].shape[1:3]) if self.box_map else None
+
+  def _inputs(self, boxes, labels, where: str) -> dict:
+    """{'tokens' [L], 'box_map'? [h, w, num_classes]} of one layout (tokenizing checks it first)."""
+    inputs = {"tokens": self.tokenizer.encode(boxes, labels, where)}
+    if self.box_map:
+      h, w = self.grid
+      cover = lambda lo, hi, n: np.clip(np.minimum(np.arange(1, n + 1) / n, hi) - np.maximum(np.arange(n) / n, lo),
+                                        0.0, None) * n                       # fraction of each of n cells in [lo, hi]
+      box_map = np.zeros((h, w, self.tokenizer.num_classes), np.float32)
+      for (x0, y0, x1, y1), label in zip(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels).reshape(-1)):
+        if label >= 0:
+          box_map[:, :, label] += cover(y0, y1, h)[:, None] * cover(x0, x1, w)[None, :]
+      inputs["box_map"] = np.minimum(box_map, 1.0)
+    return inputs
 
   def empty_tokens(self) -> dict:
     return {"tokens": self.tokenizer.encode(np.zeros((0, 4)), np.zeros((0,)))[None]}
@@ -79,7 +120,7 @@ class LayoutConditioner(TextConditioner):
     missing = [name for name in ("boxes", "box_labels") if name not in example]
     if missing:
       raise ValueError(f"Training example {key!r} has no {missing} (layout conditioning).")
-    return {"tokens": self.tokenizer.encode(example["boxes"], example["box_labels"], f"training example {key!r}")}
+    return self._inputs(example["boxes"], example["box_labels"], f"training example {key!r}")
 
   def request_inputs(self, request: dict, num: int) -> dict:
     missing = [name for name in ("boxes", "box_labels") if name not in request]
@@ -88,8 +129,25 @@ class LayoutConditioner(TextConditioner):
                        f"(x0, y0, x1, y1) in [0, 1], 'box_labels' int [B, M] (-1 = no object).")
     boxes = check_batch("boxes", request["boxes"], num, "layout boxes [B, M, 4]")
     labels = check_batch("box_labels", request["box_labels"], num, "layout class ids [B, M]")
-    return {"tokens": np.stack([self.tokenizer.encode(b, l, f"sampling request, layout {i}")
-                                for i, (b, l) in enumerate(zip(boxes, labels))])}
+    layouts = [self._inputs(b, l, f"sampling request, layout {i}") for i, (b, l) in enumerate(zip(boxes, labels))]
+    return {name: np.stack([layout[name] for layout in layouts]) for name in self.input_fields()}
 
   def null_request_inputs(self, request: dict, num: int) -> dict:
-    return {"tokens": np.repeat(self._null_tokens["tokens"], num, axis=0)}
+    null = {"tokens": np.repeat(self._null_tokens["tokens"], num, axis=0)}
+    if self.box_map:
+      null["box_map"] = np.zeros((num, *self.grid, self.tokenizer.num_classes), np.float32)
+    return null
+
+  def example_inputs(self, batch_size: int, latent_shape) -> dict:
+    inputs = super().example_inputs(batch_size, latent_shape)
+    if self.box_map:
+      inputs["box_map"] = np.zeros((batch_size, *latent_shape[:2], self.tokenizer.num_classes), np.float32)
+    return inputs
+
+  def unet_kwargs(self, params, inputs: dict) -> dict:
+    kwargs = super().unet_kwargs(params, inputs)     # (the null context comes from the tokens alone: no map)
+    return {**kwargs, "concat": inputs["box_map"]} if "box_map" in inputs else kwargs
+
+  def null_unet_kwargs(self, params, inputs: dict) -> dict:
+    kwargs = super().null_unet_kwargs(params, {"tokens": inputs["tokens"]})
+    return {**kwargs, "concat": jnp.zeros_like(inputs["box_map"])} if self.box_map else kwargs

@@ -286,7 +286,7 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
   stage = loop.Stage(
       name="autoencoder", loop_config=config.autoencoder.loop, workdir=workdir / "autoencoder",
       state=state, state_shardings=shardings, step_fn=make_train_step(stage1),
-      dataset=train_set, batch_size=config.data.batch_size,
+      dataset=train_set, batch_size=loop.global_batch_size(config.autoencoder.loop, config.data),
       rng=jax.random.fold_in(rng, 2), seed=config.seed, meta={"config": config.to_json_best_effort()},
       eval_fn=lambda s: evaluator(s.eval_params), mesh=mesh, mesh_config=config.mesh,
       step_args=(constants,), step_args_shardings=(parallel.replicated(mesh),),
@@ -294,7 +294,8 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
   state, _, history = loop.train_stage(stage)
   final = evaluator(state.eval_params, with_grid=False)
   logging.info("autoencoder: validation %s", final)
-  return {**{f"val_{k}": v for k, v in final.items()}, "train_steps": int(state.step), **loop.loss_summary(history)}
+  return {**{f"val_{k}": v for k, v in final.items()}, "train_steps": int(state.step),
+          "global_batch_size": stage.batch_size, **loop.loss_summary(history)}
 
 
 def load_params(config, workdir: pathlib.Path, mesh):

@@ -341,7 +341,7 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
       name="ldm", loop_config=config.ldm.loop, workdir=workdir / "ldm", state=state, state_shardings=shardings,
       step_fn=make_train_step(model, tx, scale_factor, config.ldm.loop.ema_decay, config.ldm.optim.microbatches),
       dataset=latents.map(PrepareExample(model.conditioning)).filter(lambda ex: ex is not None),
-      batch_size=config.data.batch_size,
+      batch_size=loop.global_batch_size(config.ldm.loop, config.data),
       rng=jax.random.fold_in(rng, 3), seed=config.seed + 1,
       meta={"scale_factor": scale_factor, "config": config.to_json_best_effort()}, eval_fn=eval_fn, mesh=mesh,
       mesh_config=config.mesh, step_args=(frozen,), step_args_shardings=(frozen_shardings,),
@@ -349,7 +349,7 @@ def train(config, workdir: pathlib.Path, mesh) -> dict:
   state, meta, history = loop.train_stage(stage)
   skipped = model.conditioning["text"].skips.counts() if "text" in model.conditioning else {}
   evals = {"evals_during_training": eval_history} if eval_history else {}
-  return {"scale_factor": meta["scale_factor"], "train_steps": int(state.step),
+  return {"scale_factor": meta["scale_factor"], "train_steps": int(state.step), "global_batch_size": stage.batch_size,
           **({"skipped": skipped} if skipped else {}), **loop.loss_summary(history), **evals}
 
 

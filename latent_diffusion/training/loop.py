@@ -30,7 +30,7 @@ from latent_diffusion.training.batches import batch_iterator
 from latent_diffusion.training.checkpoint import StageCheckpoints
 from latent_diffusion.training.state import NONFINITE_METRIC
 
-__all__ = ["Stage", "StepFn", "NonFiniteError", "batch_iterator", "compile_step", "train_stage", "loss_summary",
+__all__ = ["Stage", "StepFn", "global_batch_size", "NonFiniteError", "batch_iterator", "compile_step", "train_stage", "loss_summary",
            "restore_trained", "latest_meta", "restore_ema_params", "trained_steps"]
 
 # (state, batch, rng, *step_args) -> (state, {name: scalar}); rng is the stage's root key (fold in state.step);
@@ -40,6 +40,14 @@ StepFn = Callable[..., tuple[Any, dict]]
 
 class NonFiniteError(FloatingPointError):
   """Too many consecutive training steps had a non-finite loss or gradient norm."""
+
+
+def global_batch_size(loop_config, data_config) -> int:
+  """A stage's global training batch: its loop.batch_size, or config.data.batch_size where that is 0."""
+  if loop_config.batch_size < 0:
+    raise ValueError(f"A stage's loop.batch_size is {loop_config.batch_size}; expected a positive global batch "
+                     f"size, or 0 for config.data.batch_size.")
+  return loop_config.batch_size or data_config.batch_size
 
 
 @dataclasses.dataclass

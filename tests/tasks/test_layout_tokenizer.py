@@ -1,5 +1,5 @@
 """The layout tokenizer: class token + quantized coordinates per object, round trips within half a level, and
-refuses unknown class ids, bad boxes and too many objects by name."""
+refuses unknown class ids, bad boxes and too many objects by name; the layout conditioner's optional box map."""
 
 import numpy as np
 import pytest
@@ -48,3 +48,32 @@ def test_bad_layouts_are_named():
     tokenizer.encode(np.zeros((3, 4)), [0, 1, 2])
   with pytest.raises(ValueError, match="2 boxes for 1 class labels"):
     tokenizer.encode(np.zeros((2, 4)), [0])
+
+
+def test_box_map_covers_each_box_by_class():
+  """The optional box map: per latent cell, the covered fraction of each class's boxes; zeros as the null."""
+  from types import SimpleNamespace
+
+  from latent_diffusion.conditioning import LayoutConditioner, trained_encoder
+
+  tokenizer = LayoutTokenizer(num_classes=3, bins=32, max_objects=2)
+  sizes = SimpleNamespace(width=16, layers=1, heads=2, mlp_ratio=2)
+  encoder = trained_encoder(len(tokenizer), tokenizer.model_max_length, sizes, "float32")
+  conditioner = LayoutConditioner(tokenizer, encoder, box_map=True, image_size=(32, 16)).with_first_stage(
+      SimpleNamespace(downsampling_factor=4), None, None)
+  # Grid 8 x 4 cells of 4 x 4 pixels; box 0 (class 2) covers pixels x 2..10, y 0..8; box 1 (class 0) is one cell.
+  boxes, labels = np.array([[2 / 16, 0, 10 / 16, 8 / 32], [12 / 16, 28 / 32, 1, 1]]), np.array([2, 0])
+  inputs = conditioner.request_inputs({"boxes": boxes[None], "box_labels": labels[None]}, 1)
+  box_map = inputs["box_map"][0]
+  assert box_map.shape == (8, 4, 3) and conditioner.request_grid(inputs) == (8, 4)
+  expected = np.zeros((8, 4, 3), np.float32)
+  expected[0:2, :, 2] = [0.5, 1.0, 0.5, 0.0]
+  expected[7, 3, 0] = 1.0
+  np.testing.assert_allclose(box_map, expected, atol=1e-6)
+  prepared = conditioner.prepare({"boxes": boxes, "box_labels": labels})
+  np.testing.assert_array_equal(prepared["box_map"], box_map)
+  np.testing.assert_array_equal(prepared["tokens"], tokenizer.encode(boxes, labels))
+  null = conditioner.null_request_inputs({}, 2)
+  assert null["box_map"].shape == (2, 8, 4, 3) and not null["box_map"].any()
+  with pytest.raises(ValueError, match="object 1 has class id 3"):
+    conditioner.request_inputs({"boxes": boxes[None], "box_labels": np.array([[2, 3]])}, 1)

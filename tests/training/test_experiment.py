@@ -28,6 +28,7 @@ def test_both_stages_learn(trained_workdir):
   metrics = json.loads((trained_workdir / "metrics.json").read_text())
   ae, stage2 = metrics["autoencoder"], metrics["ldm"]
   assert ae["train_steps"] == 60 and stage2["train_steps"] == 60
+  assert ae["global_batch_size"] == 16 and stage2["global_batch_size"] == 8       # each stage's own batch size
   assert ae["train_loss_last"] < 0.7 * ae["train_loss_first"]
   assert stage2["train_loss_last"] < 0.8 * stage2["train_loss_first"]
   assert ae["val_psnr_db"] > 10.0
