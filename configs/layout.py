@@ -1,5 +1,7 @@
 """Layout-to-image on coloured shapes: boxes with classes (3 shapes x 4 colours) as tokens (class, quantized
-x0, y0, x1, y1), encoded by a small transformer trained with the UNet, through cross-attention.
+x0, y0, x1, y1), encoded by a small transformer trained with the UNet, through cross-attention; the boxes also
+reach the UNet as a map concatenated to x_t (`layout.box_map`), without which, within this budget, the model put
+the right colours in the boxes but no shapes (README, "Tasks").
 
   python -m latent_diffusion.cli.train --config=configs/layout.py --workdir=runs/layout
 
@@ -13,6 +15,8 @@ from latent_diffusion.configs.base import evaluator
 
 def get_config():
   config = tasks_base.get_config()
+  config.autoencoder.loop.train_steps = 1_000          # as inpainting and semantic: sharper shapes to sample
+  config.autoencoder.loop.eval_every_steps = 1_000
   config.ldm.loop.train_steps = 5_000
   config.ldm.conditioning.kinds = ("layout",)
   config.ldm.conditioning.drop_prob = 0.1
@@ -22,6 +26,7 @@ def get_config():
   layout.width = 128
   layout.layers = 2
   layout.heads = 4
+  layout.box_map = True
   config.ldm.model.attention_resolutions = (1, 2)      # cross-attention to the layout at 8x8 and 4x4
   config.sample.guidance_scale = 2.0
   config.evaluate.evals = dict(layout=evaluator("layout"))

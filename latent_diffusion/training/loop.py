@@ -30,8 +30,8 @@ from latent_diffusion.training.batches import batch_iterator
 from latent_diffusion.training.checkpoint import StageCheckpoints
 from latent_diffusion.training.state import NONFINITE_METRIC
 
-__all__ = ["Stage", "StepFn", "global_batch_size", "NonFiniteError", "batch_iterator", "compile_step", "train_stage", "loss_summary",
-           "restore_trained", "latest_meta", "restore_ema_params", "trained_steps"]
+__all__ = ["Stage", "StepFn", "global_batch_size", "NonFiniteError", "batch_iterator", "compile_step", "train_stage",
+           "loss_summary", "restore_trained", "latest_meta", "restore_ema_params", "trained_steps"]
 
 # (state, batch, rng, *step_args) -> (state, {name: scalar}); rng is the stage's root key (fold in state.step);
 # step_args are arrays the step reads but does not train (e.g. a frozen text encoder).
