@@ -379,6 +379,11 @@ def get_config() -> ml_collections.ConfigDict:
                   # Probability of a mask covering the whole image / nothing (else boxes and strokes).
                   full_prob=0.1,
                   empty_prob=0.05,
+                  # Probability of a mask over one side (left/right/top/bottom) of one object's box, covering
+                  # object_part (fractions of the box) of it: Imagen Editor's object masking. Needs data whose
+                  # examples hold 'boxes' (shapes); examples without objects get a box-and-stroke mask.
+                  object_prob=0.0,
+                  object_part=(0.3, 0.7),
                   # Up to this many boxes with sides in box_size (fractions of the shorter image side).
                   max_boxes=2,
                   box_size=(0.15, 0.6),

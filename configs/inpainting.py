@@ -1,7 +1,9 @@
 """Inpainting (the paper's LDM inpainting, Stable-Diffusion-inpainting's 9-channel UNet layout) on coloured shapes:
-the UNet reads x_t + the mask + the masked image's latent; masks are random strokes and boxes, some full or empty;
-samples take the known pixels from the input (paste_known). The LDM predicts v on a zero-terminal-SNR schedule with
-trailing DDIM steps (as configs/super_resolution.py), which nearly doubled the filled objects' shape accuracy; the
+the UNet reads x_t + the mask + the masked image's latent; samples take the known pixels from the input
+(paste_known). Most training masks (object_prob 0.8) hide one side of one object's box (Imagen Editor's object
+masking), the rest are random strokes and boxes, full or empty: completing shapes, not filling background, is what
+the LDM then learns (0.49 -> 0.77 objects right). The LDM predicts v on a zero-terminal-SNR schedule with trailing
+DDIM steps (as configs/super_resolution.py), which nearly doubled the filled objects' shape accuracy; the
 autoencoder trains 1,000 steps, since its reconstruction pasted into the hole bounds what any sample can reach
 (README, "Tasks").
 
@@ -30,5 +32,7 @@ def get_config():
   config.sample.spacing = "trailing"
   config.ldm.conditioning.kinds = ("inpaint",)
   config.ldm.conditioning.inpaint.paste_known = True
+  # 80 % of the masks over part of an object (the data's boxes), 10 % full, 5 % empty, 5 % boxes and strokes.
+  config.ldm.conditioning.inpaint.masks.object_prob = 0.8
   config.evaluate.evals = dict(inpainting=evaluator("inpainting"))
   return config

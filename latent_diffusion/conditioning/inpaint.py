@@ -5,12 +5,13 @@ load, train and export unchanged.
 Model inputs: 'image' float32 [B, H, W, C] in [-1, 1] (pixels) and 'mask' float32 [B, H, W, 1], 1 = to fill.
 UNet `concat` = [mask at the latent grid (nearest: pixel (f i, f j), as diffusers' F.interpolate), scale *
 E(image * (1 - mask))] with E the first stage's encoder (posterior mode; pre-quantization latent of a VQ model),
-computed on device with the encoder's frozen parameters. Training batches hold images only: masks are drawn per
-step (latent_diffusion.conditioning.masks). The masked image defines the task, so the null condition keeps it
-(guidance acts on other conditions, e.g. text). With keep_known, sampling keeps the known region: latent cells
-whose pixels are all known follow x0_known = scale * E(image) (diffusion.stepping.scan_steps). With paste_known,
-the sampled image takes the known pixels from the input (mask * sample + (1 - mask) * image), as inpainting tools
-composite; diffusers' 9-channel pipeline does neither.
+computed on device with the encoder's frozen parameters. Training batches hold images (and, with object masks,
+the objects' boxes 'mask_boxes' [B, M, 4]): masks are drawn per step (latent_diffusion.conditioning.masks). The
+masked image defines the task, so the null condition keeps it (guidance acts on other conditions, e.g. text).
+With keep_known, sampling keeps the known region: latent cells whose pixels are all known follow
+x0_known = scale * E(image) (diffusion.stepping.scan_steps). With paste_known, the sampled image takes the known
+pixels from the input (mask * sample + (1 - mask) * image), as inpainting tools composite; diffusers' 9-channel
+pipeline does neither.
 """
 
 import flax.linen as nn
@@ -77,13 +78,24 @@ class InpaintConditioner(Conditioner):
     return ("image", "mask")
 
   def batch_fields(self) -> tuple[str, ...]:
-    return ("image",)
+    return ("image", "mask_boxes") if self.masks.object_prob else ("image",)
 
   def prepare(self, example: dict) -> dict:
+    key = example.get("key", "")
     if "image" not in example:
-      raise ValueError(f"Training example {example.get('key', '')!r} has no 'image' (inpainting trains on pixels: "
+      raise ValueError(f"Training example {key!r} has no 'image' (inpainting trains on pixels: "
                        f"in-memory encoding keeps them; pre-encoded latent shards hold none).")
-    return {"image": np.asarray(example["image"], np.float32)}
+    prepared = {"image": np.asarray(example["image"], np.float32)}
+    if self.masks.object_prob:
+      if "boxes" not in example:
+        raise ValueError(f"Training example {key!r} has no 'boxes', which object masks need "
+                         f"(config.ldm.conditioning.inpaint.masks.object_prob = {self.masks.object_prob}): train on "
+                         f"data with object boxes (e.g. data.name = 'shapes') or set object_prob to 0.")
+      boxes = np.asarray(example["boxes"], np.float32).reshape(-1, 4)
+      if "box_labels" in example:                                   # rows past the last object: no box
+        boxes = np.where(np.asarray(example["box_labels"]).reshape(-1, 1) >= 0, boxes, 0.0)
+      prepared["mask_boxes"] = boxes
+    return prepared
 
   def request_inputs(self, request: dict, num: int) -> dict:
     missing = [name for name in ("image", "mask") if name not in request]
@@ -136,7 +148,9 @@ class InpaintConditioner(Conditioner):
   # --- device side -----------------------------------------------------------------------------
   def train_inputs(self, batch: dict, rng) -> dict:
     image = batch["image"]
-    return {"image": image, "mask": random_masks(rng, image.shape[0], image.shape[1], image.shape[2], self.masks)}
+    boxes = batch["mask_boxes"] if self.masks.object_prob else None
+    return {"image": image,
+            "mask": random_masks(rng, image.shape[0], image.shape[1], image.shape[2], self.masks, boxes)}
 
   def unet_kwargs(self, params, inputs: dict) -> dict:
     image, mask = inputs["image"], inputs["mask"]

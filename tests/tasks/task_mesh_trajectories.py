@@ -1,9 +1,9 @@
 """Run as a subprocess with 8 emulated CPU devices: 3 stage-2 train steps of a model conditioned on every task
-conditioner at once (inpainting: masks drawn on device + the frozen first-stage encoder in the step; super-
-resolution: low-resolution images with per-step noise; semantic maps; layouts through the jointly trained
-transformer and as a box map), on a (1, 1, 1) and a (2, 2, 2) mesh, from the same initial state (initialised once,
-by ldm.init_state on one device, then placed by the (2, 2, 2) mesh's state shardings: one init compile instead of
-two).
+conditioner at once (inpainting: masks drawn on device, half of them over part of an object's box, + the frozen
+first-stage encoder in the step; super-resolution: low-resolution images with per-step noise; semantic maps;
+layouts through the jointly trained transformer and as a box map), on a (1, 1, 1) and a (2, 2, 2) mesh, from the
+same initial state (initialised once, by ldm.init_state on one device, then placed by the (2, 2, 2) mesh's state
+shardings: one init compile instead of two).
 
 Prints one JSON line: {mesh shape: {"losses": [...], "concat_channels": int, "context_width": int}}.
 """
@@ -29,6 +29,7 @@ KINDS = ("inpaint", "low_res", "segmentation", "layout")
 TASK_OVERRIDES = ("data.name=shapes", "data.image_size=16", "data.num_classes=12", "data.batch_size=8",
                   "autoencoder.model.in_channels=3", f"ldm.conditioning.kinds={KINDS}",
                   "ldm.conditioning.drop_prob=0.25", "ldm.conditioning.low_res.noise_std=0.1",
+                  "ldm.conditioning.inpaint.masks.object_prob=0.5",
                   "ldm.conditioning.layout.width=16", "ldm.conditioning.layout.layers=1",
                   "ldm.conditioning.layout.heads=2", "ldm.conditioning.layout.box_map=True")
 

@@ -1,4 +1,4 @@
-"""Random inpainting masks (coverage statistics) and super-resolution degradations (parity with torch's
+"""Random inpainting masks (coverage statistics; object masks inside the chosen box) and super-resolution degradations (parity with torch's
 antialiased bicubic, which reproduces Pillow's; blur against a plain NumPy Gaussian; per-step noise levels), and
 residual super-resolution's targets (host) and pixels (device), and its autoencoder stage's data."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from latent_diffusion import data
-from latent_diffusion.conditioning import LowResConditioner, masks
+from latent_diffusion.conditioning import InpaintConditioner, LowResConditioner, masks
 from latent_diffusion.data import degradations
 from latent_diffusion.training import autoencoder
 from tests.conftest import tiny_config
@@ -34,6 +34,70 @@ def test_mask_coverage_statistics():
   large = np.asarray(draw(jax.random.key(1), 1000, 64, 96, options))
   large_coverage = large.mean(axis=(1, 2, 3))
   assert abs(1.5 * large_coverage[large_coverage % 1 != 0].mean() - partial.mean()) < 0.02
+
+
+def test_object_masks_cover_one_side_of_one_real_box():
+  options = masks.MaskOptions(full_prob=0.1, empty_prob=0.05, object_prob=0.5, object_part=(0.3, 0.7))
+  n, side = 4000, 32
+  a, b = (0.1, 0.2, 0.4, 0.6), (0.55, 0.3, 0.9, 0.8)                # two objects with an empty row between them
+  boxes = np.zeros((n, 3, 4), np.float32)
+  boxes[: n // 2, 0], boxes[: n // 2, 2] = a, b                       # the second half of the batch has no object
+  draw = jax.jit(masks.random_masks, static_argnums=(1, 2, 3, 4))
+  drawn = np.asarray(draw(jax.random.key(0), n, side, side, options, boxes))[..., 0].astype(bool)
+  centre = (np.arange(side) + 0.5) / side
+
+  def in_box(box):
+    x0, y0, x1, y1 = box
+    return ((centre[None, :] >= x0) & (centre[None, :] < x1)) & ((centre[:, None] >= y0) & (centre[:, None] < y1))
+
+  def object_side(mask, box):
+    """(side 0..3 = left, right, top, bottom, fraction of the box covered) if the mask is that part of the box."""
+    inside = in_box(box)
+    if not mask.any() or (mask & ~inside).any():
+      return None, 0.0
+    part = mask[inside.any(1)][:, inside.any(0)]                                 # the box's pixels
+    for axis, sides in ((0, (0, 1)), (1, (2, 3))):                             # whole columns, then whole rows
+      full, touched = part.all(axis), part.any(axis)
+      if np.array_equal(full, touched):
+        k = int(full.sum())
+        for kind, expected in zip(sides, (np.arange(len(full)) < k, np.arange(len(full)) >= len(full) - k)):
+          if np.array_equal(full, expected):
+            return kind, full.mean()
+    return None, 0.0
+
+  with_objects = drawn[: n // 2]
+  coverage = with_objects.mean(axis=(1, 2))
+  partial = ~((coverage == 1.0) | (coverage == 0.0))
+  found = [[object_side(m, box) for box in (a, b)] for m in with_objects[partial]]
+  chosen = np.array([[s is not None for s, _ in f] for f in found])
+  # Half of all masks are object masks (0.5 / 0.85 of the partial ones), one object at a time, both objects alike.
+  assert abs(chosen.any(1).mean() - 0.5 / 0.85) < 0.03, chosen.any(1).mean()
+  assert not chosen.all(1).any() and abs(chosen[:, 0].mean() - chosen[:, 1].mean()) < 0.04
+  sides = np.array([s for f in found for s, _ in f if s is not None])
+  fractions = np.array([c for f in found for s, c in f if s is not None])
+  assert np.all(np.bincount(sides, minlength=4) / len(sides) > 0.2)          # every side, about a quarter each
+  # object_part of the box's extent, up to one pixel of the 10 x 13 / 11 x 16 pixel boxes.
+  assert fractions.min() >= 0.3 - 0.1 and fractions.max() <= 0.7 + 0.1, (fractions.min(), fractions.max())
+  assert abs(fractions.mean() - 0.5) < 0.05
+  # Without an object the masks are boxes and strokes as before: none falls inside one of the (absent) boxes.
+  none = drawn[n // 2:]
+  none_coverage = none.mean(axis=(1, 2))
+  assert abs((none_coverage == 1.0).mean() - 0.1) < 0.02 and abs((none_coverage == 0.0).mean() - 0.05) < 0.015
+  assert 0.15 < none_coverage[(none_coverage > 0) & (none_coverage < 1)].mean() < 0.3
+
+
+def test_object_masks_need_boxes_named():
+  conditioner = InpaintConditioner(masks.MaskOptions(object_prob=0.3))
+  with pytest.raises(ValueError, match=r"'img-7' has no 'boxes'.*object_prob = 0.3.*shapes"):
+    conditioner.prepare({"key": "img-7", "image": np.zeros((8, 8, 3))})
+  boxes = np.array([[0.1, 0.1, 0.5, 0.5], [0.6, 0.6, 0.9, 0.9]], np.float32)
+  prepared = conditioner.prepare({"image": np.zeros((8, 8, 3)), "boxes": boxes, "box_labels": np.array([4, -1])})
+  np.testing.assert_allclose(prepared["mask_boxes"], [[0.1, 0.1, 0.5, 0.5], [0, 0, 0, 0]], rtol=1e-6)
+  assert conditioner.batch_fields() == ("image", "mask_boxes") and InpaintConditioner().batch_fields() == ("image",)
+  with pytest.raises(ValueError, match="pass the examples' boxes"):
+    masks.random_masks(jax.random.key(0), 2, 8, 8, masks.MaskOptions(object_prob=0.3))
+  with pytest.raises(ValueError, match="object_prob=0.9 must be >= 0 and sum to at most 1"):
+    masks.MaskOptions(object_prob=0.9)
 
 
 def test_bicubic_matches_torch_antialiased_bicubic():
