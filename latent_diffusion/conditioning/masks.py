@@ -60,9 +60,9 @@ def _draws(u: jax.Array, shapes: dict[str, tuple[int, ...]]) -> dict[str, jax.Ar
 def _draw_shapes(options: MaskOptions) -> dict[str, tuple[int, ...]]:
   segments = options.stroke_vertices - 1
   shapes = {"kind": (), "boxes": (), "strokes": (), "box_size": (options.max_boxes, 2),
-          "box_corner": (options.max_boxes, 2), "stroke_start": (options.max_strokes, 1, 2),
-          "stroke_angle": (options.max_strokes, segments), "stroke_step": (options.max_strokes, segments),
-          "stroke_width": (options.max_strokes,)}
+            "box_corner": (options.max_boxes, 2), "stroke_start": (options.max_strokes, 1, 2),
+            "stroke_angle": (options.max_strokes, segments), "stroke_step": (options.max_strokes, segments),
+            "stroke_width": (options.max_strokes,)}
   if options.object_prob:                    # drawn last and only then: masks without objects stay as they were
     shapes.update(object=(), object_side=(), object_part=())
   return shapes
