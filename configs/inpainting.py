@@ -2,10 +2,10 @@
 the UNet reads x_t + the mask + the masked image's latent; samples take the known pixels from the input
 (paste_known). Most training masks (object_prob 0.8) hide one side of one object's box (Imagen Editor's object
 masking), the rest are random strokes and boxes, full or empty: completing shapes, not filling background, is what
-the LDM then learns (0.49 -> 0.77 objects right). The LDM predicts v on a zero-terminal-SNR schedule with trailing
-DDIM steps (as configs/super_resolution.py), which nearly doubled the filled objects' shape accuracy; the
-autoencoder trains 1,000 steps, since its reconstruction pasted into the hole bounds what any sample can reach
-(README, "Tasks").
+the LDM then learns (0.49 -> 0.77 objects right in 5,000 LDM steps, 0.81 in 8,000). The LDM predicts v on a
+zero-terminal-SNR schedule with trailing DDIM steps (as configs/super_resolution.py), which nearly doubled the
+filled objects' shape accuracy; the autoencoder trains 1,000 steps, since its reconstruction pasted into the hole
+bounds what any sample can reach (README, "Tasks").
 
   python -m latent_diffusion.cli.train --config=configs/inpainting.py --workdir=runs/inpainting
 
@@ -26,7 +26,7 @@ def get_config():
   # 5,000 steps of 32 filled more objects right than 9,000 of 16 in the same time (README, "Tasks").
   config.ldm.loop.batch_size = 32
   config.ldm.optim.lr = 2e-3
-  config.ldm.loop.train_steps = 5_000
+  config.ldm.loop.train_steps = 8_000                  # with object masks: 5,000 steps 0.77, 8,000 0.81
   config.ldm.diffusion.prediction_type = "v_prediction"
   config.ldm.diffusion.rescale_zero_terminal_snr = True
   config.sample.spacing = "trailing"

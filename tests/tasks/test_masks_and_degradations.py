@@ -1,6 +1,7 @@
-"""Random inpainting masks (coverage statistics; object masks inside the chosen box) and super-resolution degradations (parity with torch's
-antialiased bicubic, which reproduces Pillow's; blur against a plain NumPy Gaussian; per-step noise levels), and
-residual super-resolution's targets (host) and pixels (device), and its autoencoder stage's data."""
+"""Random inpainting masks (coverage statistics; object masks inside the chosen box) and super-resolution
+degradations (parity with torch's antialiased bicubic, which reproduces Pillow's; blur against a plain NumPy
+Gaussian; per-step noise levels), and residual super-resolution's targets (host) and pixels (device), and its
+autoencoder stage's data."""
 
 import jax
 import numpy as np
@@ -79,7 +80,7 @@ def test_object_masks_cover_one_side_of_one_real_box():
   # object_part of the box's extent, up to one pixel of the 10 x 13 / 11 x 16 pixel boxes.
   assert fractions.min() >= 0.3 - 0.1 and fractions.max() <= 0.7 + 0.1, (fractions.min(), fractions.max())
   assert abs(fractions.mean() - 0.5) < 0.05
-  # Without an object the masks are boxes and strokes as before: none falls inside one of the (absent) boxes.
+  # Without an object the masks are boxes and strokes, with the statistics of test_mask_coverage_statistics.
   none = drawn[n // 2:]
   none_coverage = none.mean(axis=(1, 2))
   assert abs((none_coverage == 1.0).mean() - 0.1) < 0.02 and abs((none_coverage == 0.0).mean() - 0.05) < 0.015
