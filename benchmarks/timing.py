@@ -27,6 +27,21 @@ def measure(run: Callable[[], None], *, warmup: int, repeats: int) -> dict:
           "repeats": repeats}
 
 
+def op_profile(seconds: dict[str, float], categories: list[tuple[str, str]], steps: int, top: int = 12) -> dict:
+  """Per-step op time of a profiled run: {name: seconds over `steps` steps} -> ms per step by category (the first
+  regex of `categories` that matches a name, else 'other') and the `top` ops by name, for side-by-side reading."""
+  import re  # pylint: disable=import-outside-toplevel
+  by_category = dict.fromkeys([label for label, _ in categories] + ["other"], 0.0)
+  for name, s in seconds.items():
+    label = next((label for label, pattern in categories if re.search(pattern, name)), "other")
+    by_category[label] += s
+  per_step = lambda s: round(1e3 * s / steps, 1)
+  return {"op_ms_per_step": per_step(sum(seconds.values())),
+          "category_ms_per_step": {label: per_step(s) for label, s in by_category.items()},
+          "top_ops_ms_per_step": {name: per_step(s)
+                                  for name, s in sorted(seconds.items(), key=lambda kv: -kv[1])[:top]}}
+
+
 def emit(result: dict) -> None:
   """The last stdout line of a benchmark process is its JSON result (run.py reads it)."""
   print("RESULT " + json.dumps(result), flush=True)
@@ -36,7 +51,7 @@ def parse_args(description: str, argv=None):
   """The flags every system process takes (run.py passes them)."""
   import argparse  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(description=description)
-  parser.add_argument("--workload", required=True, help="train | sample | vae | compile")
+  parser.add_argument("--workload", required=True, help="train | sample | vae | compile | profile")
   parser.add_argument("--size", default="cpu-small")
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--repeats", type=int, default=5)

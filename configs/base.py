@@ -317,8 +317,10 @@ def get_config() -> ml_collections.ConfigDict:
           # TPU host would.
           attention_impl="auto",
           # Dense-layer matmul (models/layers.py): auto | xla | cpu_flat. cpu_flat = the custom VJP that avoids a
-          # transposed copy on XLA:CPU (it computes in the layer dtype, no precision / preferred_element_type); xla =
-          # lax.dot_general left to autodiff. auto = cpu_flat on CPU, xla elsewhere.
+          # transposed copy on XLA:CPU (it computes in the layer dtype, no precision / preferred_element_type), and
+          # self-attention's q, k, v as one matmul over their concatenated kernels; xla = lax.dot_general left to
+          # autodiff, one matmul per projection (kernels sharded over 'tensor' stay so). auto = cpu_flat on CPU, xla
+          # elsewhere.
           linear_impl="auto",
       ),
       diffusion=dict(

@@ -1,6 +1,6 @@
 """diffusers (PyTorch, CPU) on the shared configs: UNet2DConditionModel, AutoencoderKL, DDIMScheduler.
 
-  python benchmarks/systems/diffusers_torch.py --workload=train|sample|vae [--size=cpu-small] [--variant=...]
+  python benchmarks/systems/diffusers_torch.py --workload=train|sample|vae|profile [--size=cpu-small] [--variant=...]
 
 Run by benchmarks/run.py in the peer's own venv (benchmarks/peers/diffusers_torch.txt). Threads =
 all cores; sampling under torch.inference_mode as StableDiffusionPipeline's loop (CFG on a doubled
@@ -106,11 +106,29 @@ def run_vae(s: Setup, args) -> dict:
   return out
 
 
+# torch op names -> what they compute (self time: an op's children are counted under their own names).
+TORCH_CATEGORIES = [("attention (flash, SDPA)", r"scaled_dot_product"), ("convolutions (oneDNN, slow_conv2d)", r"conv"),
+                    ("matmuls", r"^aten::(mm|addmm|bmm|matmul)$"),
+                    ("copies, transposes, concatenations", r"^aten::(copy_|cat|transpose|contiguous|clone)$")]
+
+
+def run_profile(s: Setup, args) -> dict:
+  """Self CPU time of `args.repeats` train steps by torch op (torch.profiler), after `args.warmup` steps."""
+  step = s.train_step()
+  for _ in range(1 + args.warmup):
+    step()
+  with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+    for _ in range(args.repeats):
+      step()
+  seconds = {op.key: op.self_cpu_time_total * 1e-6 for op in profile.key_averages()}
+  return timing.op_profile(seconds, TORCH_CATEGORIES, steps=args.repeats)
+
+
 def main():
   args = timing.parse_args(__doc__.splitlines()[0])
   start = time.perf_counter()
   s = Setup(args.size, args.variant)
-  run = {"train": run_train, "sample": run_sample, "vae": run_vae}[args.workload]
+  run = {"train": run_train, "sample": run_sample, "vae": run_vae, "profile": run_profile}[args.workload]
   import diffusers  # pylint: disable=import-outside-toplevel
   timing.emit({"system": "diffusers_torch", "variant": args.variant, "diffusers": diffusers.__version__,
                "torch": torch.__version__, "threads": torch.get_num_threads(), **run(s, args),

@@ -6,6 +6,13 @@ module compiles, times and reports them identically. Imports only jax and benchm
 so it runs in the peers' venvs too.
 """
 
+import bisect
+import collections
+import glob
+import gzip
+import json
+import re
+import tempfile
 import time
 
 import jax
@@ -73,7 +80,48 @@ def run_compile(s, args) -> dict:
   return out
 
 
-WORKLOADS = {"train": run_train, "sample": run_sample, "vae": run_vae, "compile": run_compile}
+# XLA:CPU thunk names (numbered suffix dropped) -> what they compute; thunks inside while loops are our blocked
+# attention (cpu_blocked runs its blocks in loops; nothing else in the train step loops).
+XLA_CATEGORIES = [("in while loops (blocked attention)", r"^loop/"),
+                  ("convolutions (Eigen)", r"^(convolution|conv_general_dilated)"),
+                  ("YNNPACK fusions (dots, reductions)", r"^ynn_fusion"),
+                  ("dots (Eigen)", r"^dot"),
+                  ("copies, transposes, concatenations", r"copy|transpose|concatenate")]
+_CONTAINERS = re.compile(r"^(ThunkExecutor|while|conditional|call|\$|PjitFunction|CommonPjRt|ParseArguments|end: )")
+
+
+def run_profile(s, args) -> dict:
+  """Op time of `args.repeats` train steps by XLA:CPU thunk (jax.profiler trace), after `args.warmup` steps:
+  where a step's time goes, to set against diffusers_torch.py's torch.profiler breakdown."""
+  state, latents, context, key = s.train_args()
+  compiled = s.train_step().lower(state, latents, context, key).compile()
+  for _ in range(1 + args.warmup):
+    state, loss = compiled(state, latents, context, key)
+  loss.block_until_ready()
+  with tempfile.TemporaryDirectory() as folder:
+    with jax.profiler.trace(folder, create_perfetto_trace=True):
+      for _ in range(args.repeats):
+        state, loss = compiled(state, latents, context, key)
+      loss.block_until_ready()
+    with gzip.open(glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True)[0]) as f:
+      events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
+  loops = []   # [start, end) of the outermost while loops (any thread), in order; thunks inside run on any thread
+  for e in sorted((e for e in events if e["name"].startswith("while")), key=lambda e: (e["ts"], -e["dur"])):
+    if not loops or e["ts"] >= loops[-1][1]:
+      loops.append((e["ts"], e["ts"] + e["dur"]))
+
+  def in_loop(e) -> bool:
+    i = bisect.bisect_right(loops, (e["ts"], float("inf"))) - 1
+    return i >= 0 and e["ts"] < loops[i][1]
+
+  seconds = collections.Counter()
+  for e in events:
+    if not _CONTAINERS.match(e["name"]):
+      seconds[("loop/" if in_loop(e) else "") + re.sub(r"\.\d+$", "", e["name"])] += e["dur"] * 1e-6
+  return timing.op_profile(seconds, XLA_CATEGORIES, steps=args.repeats)
+
+
+WORKLOADS = {"train": run_train, "sample": run_sample, "vae": run_vae, "compile": run_compile, "profile": run_profile}
 
 
 def main(doc: str, setup_cls, system_info: dict, apply_variant=None) -> None:

@@ -1,6 +1,6 @@
 """Our system on the shared configs: UNet / AutoencoderKL from the diffusers config dicts, our DDIM.
 
-  python benchmarks/systems/ours.py --workload=train|sample|vae|compile [--size=cpu-small] [--repeats=5]
+  python benchmarks/systems/ours.py --workload=train|sample|vae|compile|profile [--size=cpu-small] [--repeats=5]
                                     [--variant=xla_default]   # a config.compiler.cpu_library_fusions setting
 
 Run by benchmarks/run.py in the project's .venv; prints one `RESULT {json}` line.

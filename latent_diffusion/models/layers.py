@@ -121,11 +121,16 @@ class DenseWeights(nn.Module):
 
 def dense_together(x: jax.Array, weights: list[tuple[jax.Array, jax.Array | None]], dtype: Dtype,
                    linear_impl: str = "auto") -> list[jax.Array]:
-  """[x @ kernel + bias for each (kernel, bias)] computed as one matmul over the concatenated kernels."""
+  """[x @ kernel + bias for each (kernel, bias)]. With cpu_flat (XLA:CPU) one matmul over the concatenated kernels
+  (one pass over x); otherwise one matmul each, so that kernels sharded over a mesh axis stay as they are (their
+  'heads' over 'tensor': concatenated, XLA re-sharded them with all-to-alls and collective-permutes)."""
+  x = x.astype(dtype)
+  with_bias = lambda y, b: y if b is None else y + b.astype(dtype)
+  if resolve_linear_impl(linear_impl) != "cpu_flat":
+    return [with_bias(matmul(x, k.astype(dtype), linear_impl), b) for k, b in weights]
   kernel = jnp.concatenate([k for k, _ in weights], axis=1).astype(dtype)
-  y = matmul(x.astype(dtype), kernel, linear_impl)
-  if weights[0][1] is not None:
-    y = y + jnp.concatenate([b for _, b in weights]).astype(dtype)
+  bias = None if weights[0][1] is None else jnp.concatenate([b for _, b in weights])
+  y = with_bias(matmul(x, kernel, linear_impl), bias)
   sizes = [k.shape[1] for k, _ in weights]
   return jnp.split(y, [sum(sizes[:i]) for i in range(1, len(sizes))], axis=-1)
 

@@ -64,8 +64,9 @@ def test_linear_impls_give_the_same_block_and_gradients(random_params):
   loss = lambda p, block: jnp.sum(jnp.sin(block.apply(p, x, context)))
   (value_xla, grad_xla), (value_flat, grad_flat) = (jax.value_and_grad(loss)(params, blocks[i]) for i in blocks)
   np.testing.assert_allclose(value_flat, value_xla, rtol=1e-6)
+  # Relative error per parameter: float32 rounding only (xla runs q, k and v as three matmuls, cpu_flat as one).
   for got, want in zip(jax.tree.leaves(grad_flat), jax.tree.leaves(grad_xla)):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.linalg.norm(got - want) <= 1e-6 * np.linalg.norm(want)
   assert layers.resolve_linear_impl("auto") == "cpu_flat"       # this CPU
   with pytest.raises(ValueError, match="linear_impl 'fast'"):
     layers.resolve_linear_impl("fast")

@@ -32,8 +32,9 @@ def _aot(env: dict, *flags: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tiny_on_v5p(cached_compiles_env) -> dict:
-  """{fsdp: report} of the tiny config's step: mesh data 4 (fsdp 1) and fsdp 4."""
-  return {r["mesh"]["fsdp"]: r for r in _aot(cached_compiles_env, "--mesh=4,1,1", "--mesh=1,4,1")}
+  """{(data, fsdp, tensor): report} of the tiny config's step: mesh data 4, fsdp 4, and data 2 x tensor 2."""
+  reports = _aot(cached_compiles_env, "--mesh=4,1,1", "--mesh=1,4,1", "--mesh=2,1,2")
+  return {tuple(r["mesh"][axis] for axis in ("data", "fsdp", "tensor")): r for r in reports}
 
 
 def test_collectives_are_counted_once_with_their_result_bytes():
@@ -51,23 +52,34 @@ def test_collectives_are_counted_once_with_their_result_bytes():
 
 
 def test_fsdp_4_holds_a_quarter_of_params_and_optimizer_per_chip(tiny_on_v5p):
-  one, four = tiny_on_v5p[1]["params_and_optimizer_bytes"], tiny_on_v5p[4]["params_and_optimizer_bytes"]
+  data, fsdp = tiny_on_v5p[4, 1, 1], tiny_on_v5p[1, 4, 1]
+  one, four = data["params_and_optimizer_bytes"], fsdp["params_and_optimizer_bytes"]
   # Not exactly 1/4: GroupNorm scales / biases ('norm') and dimensions fsdp does not divide stay whole.
   assert 0.25 <= four / one <= 0.3, (one, four)
   # The compiled step's arguments (params, EMA, AdamW moments, the batch) shrink alike.
-  assert tiny_on_v5p[4]["hbm_arguments_gib"] / tiny_on_v5p[1]["hbm_arguments_gib"] <= 0.35
+  assert fsdp["hbm_arguments_gib"] / data["hbm_arguments_gib"] <= 0.35
 
 
 def test_report_is_a_tpu_compile_with_cost_model_figures(tiny_on_v5p):
-  for fsdp, r in tiny_on_v5p.items():
+  for r in tiny_on_v5p.values():
     # The tiny config's attention_impl 'auto', resolved as on a TPU host.
     assert r["device_kind"].startswith("TPU v5") and r["chips"] == 4 and r["attention"] == "xla_probs"
     assert r["flops"] > 0 and r["hbm_peak_gib"] > 0 and r["fits"]
   # Data parallelism all-reduces gradients; fsdp all-gathers weights and reduce-scatters gradients instead.
-  assert tiny_on_v5p[1]["collectives"]["all-reduce"] > 0
+  data = tiny_on_v5p[4, 1, 1]
+  assert data["collectives"]["all-reduce"] > 0
   # ... all of them, each at least in bfloat16: 2 bytes per trained parameter or more.
-  assert tiny_on_v5p[1]["collective_bytes"]["all-reduce"] >= 2 * tiny_on_v5p[1]["params"]
-  assert tiny_on_v5p[4]["collectives"]["all-gather"] > 0
+  assert data["collective_bytes"]["all-reduce"] >= 2 * data["params"]
+  assert tiny_on_v5p[1, 4, 1]["collectives"]["all-gather"] > 0
+
+
+def test_tensor_sharded_attention_projections_move_no_activations(tiny_on_v5p):
+  """Data 2 x tensor 2: the attention projections' kernels are split over 'tensor' by their heads, and off the CPU
+  q, k and v are separate matmuls (layers.dense_together), so the step only all-reduces. (With the three kernels
+  concatenated, as on XLA:CPU, this step had 32 all-to-alls and 32 collective-permutes.)"""
+  collectives = tiny_on_v5p[2, 1, 2]["collectives"]
+  assert collectives["all-reduce"] > 0
+  assert collectives["all-to-all"] == 0 and collectives["collective-permute"] == 0, collectives
 
 
 def test_splash_attention_compiles_inside_the_train_step_and_the_sampler_for_v5p(cached_compiles_env):
