@@ -1,6 +1,6 @@
 """diffusers 0.39.0 Flax on the shared configs: FlaxUNet2DConditionModel, FlaxAutoencoderKL, FlaxDDIMScheduler.
 
-  python benchmarks/systems/diffusers_flax.py --workload=train|sample|vae|compile|profile [--size=cpu-small]
+  python benchmarks/systems/diffusers_flax.py --workload=train|sample|vae|compile [--size=cpu-small]
 
 Run by benchmarks/run.py in the peer's own venv (benchmarks/peers/diffusers_flax.txt). The train
 step follows diffusers' train_text_to_image_flax.py (DDPM add_noise, epsilon MSE, optax adamw, state

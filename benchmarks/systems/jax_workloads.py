@@ -105,6 +105,9 @@ def run_profile(s, args) -> dict:
       loss.block_until_ready()
     with gzip.open(glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True)[0]) as f:
       events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
+  if not any(e["name"].startswith("ThunkExecutor") for e in events):  # e.g. jax 0.6.2 (the diffusers-Flax venv)
+    raise RuntimeError(f"jax {jax.__version__}'s CPU profiler recorded no XLA:CPU thunks, so there is no op time to "
+                       f"report: the profile workload needs a jaxlib with the thunk runtime (ours: 0.10.2).")
   loops = []   # [start, end) of the outermost while loops (any thread), in order; thunks inside run on any thread
   for e in sorted((e for e in events if e["name"].startswith("while")), key=lambda e: (e["ts"], -e["dur"])):
     if not loops or e["ts"] >= loops[-1][1]:
