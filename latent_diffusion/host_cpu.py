@@ -65,17 +65,24 @@ def _read_caches(root: pathlib.Path) -> tuple[Cache, ...]:
 
 
 def _model_name() -> str:
-  """'/proc/cpuinfo model name (family F model M, widest SIMD)': hypervisors often shorten the name ('AMD EPYC'),
-  family / model tell the generation, and the vector width decides what XLA:CPU's kernels can reach."""
+  """The CPU's name from /proc/cpuinfo (see `name_from_cpuinfo`), or what `platform` knows elsewhere."""
   try:
-    fields = dict(line.split(":", 1) for line in pathlib.Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
-                  if ":" in line)
+    return name_from_cpuinfo(pathlib.Path("/proc/cpuinfo").read_text())
   except OSError:
     return platform.processor() or platform.machine()
-  fields = {k.strip(): v.strip() for k, v in fields.items()}
+
+
+def name_from_cpuinfo(text: str) -> str:
+  """'model name (family F model M, widest SIMD[ + AMX])' from /proc/cpuinfo's first processor: hypervisors often
+  shorten the name ('AMD EPYC', 'Intel Xeon Processor'), family / model tell the generation, and the vector width
+  (and AMX tiles, which PyTorch's oneDNN uses for bf16 and XLA:CPU does not) decide what the kernels can reach."""
+  fields = {k.strip(): v.strip() for k, v in
+            (line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)}
   flags = set(fields.get("flags", "").split())
   simd = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("asimd", "NEON"))
                if flag in flags), "no AVX")
+  if "amx_tile" in flags:
+    simd += " + AMX"
   name = fields.get("model name") or platform.processor() or platform.machine()
   if "cpu family" in fields:
     return f"{name} (family {fields['cpu family']} model {fields.get('model', '?')}, {simd})"
