@@ -42,3 +42,14 @@ def get_config():
   config.sample.guidance_scale = 7.5
   config.sample.batch_size = 16
   return config
+
+
+def slice_config(mesh_shape: tuple[int, int, int], batch_size: int, attention_impl: str, remat_policy: str = "none"):
+  """This config set up for one TPU slice: mesh (data, fsdp, tensor), global batch, attention kernel, remat policy;
+  the per-topology files (sd15_v5p.py ...) each name their setup through it."""
+  config = get_config()
+  config.mesh.shape = mesh_shape
+  config.data.batch_size = batch_size
+  config.ldm.model.attention_impl = attention_impl
+  config.ldm.model.remat_policy = remat_policy
+  return config

@@ -1,5 +1,6 @@
 """Config loading and --config.a.b=value overrides: types, unknown keys, clear errors."""
 
+import pathlib
 import subprocess
 import sys
 
@@ -7,8 +8,19 @@ import pytest
 
 from latent_diffusion import configuration
 from latent_diffusion.configuration import ConfigError, parse_config_args
+from latent_diffusion.models.attention import ATTENTION_IMPLS
+from latent_diffusion.models.unet import REMAT_POLICIES
 
 QUICKSTART = "configs/quickstart.py"
+CONFIG_FILES = sorted(p for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py") if p.name != "__init__.py")
+
+
+@pytest.mark.parametrize("file", CONFIG_FILES, ids=lambda p: p.name)
+def test_every_shipped_config_file_loads_with_known_values(file):
+  config = configuration.load_config(str(file))
+  assert config.ldm.model.attention_impl in ATTENTION_IMPLS
+  assert config.ldm.model.remat_policy in REMAT_POLICIES
+  assert len(config.mesh.shape) == 3 and list(config.mesh.shape).count(-1) <= 1
 
 
 def test_overrides_are_typed_and_applied_in_order():
