@@ -106,6 +106,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.mesh = ml_collections.ConfigDict(dict(
       # Device mesh (data, fsdp, tensor) within a slice / host group (ICI); -1 fills with the remaining devices.
+      # On TPU an axis need not be a product of the slice's physical axes (fsdp 8 on v6e 16x16 splits one).
       shape=(-1, 1, 1),
       # Mesh across slices (TPU multi-slice) or hosts (GPU clusters) over the data-center network;
       # the full mesh is shape * dcn_shape per axis. Keep fsdp and tensor inside ICI: dcn_shape=(slices, 1, 1).

@@ -46,7 +46,13 @@ def make_mesh(mesh_config, devices: list | None = None) -> Mesh:
   # Auto axes: XLA propagates shardings from the jit in/out shardings (no per-op sharding types).
   axis_types = (jax.sharding.AxisType.Auto,) * len(shape)
   if granules == 1:
-    return jax.make_mesh(tuple(shape), tuple(mesh_config.axes), axis_types=axis_types, devices=devices)
+    try:
+      return jax.make_mesh(tuple(shape), tuple(mesh_config.axes), axis_types=axis_types, devices=devices)
+    except NotImplementedError:
+      # Mesh axes that are not products of the slice's physical axes (fsdp 8 on a v6e 16x16): jax.make_mesh splits
+      # physical axes on v5e only; split them here too, each mesh axis still a contiguous run of a physical ring.
+      grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+      return Mesh(grid, tuple(mesh_config.axes), axis_types=axis_types)
   on_tpu = devices[0].platform == "tpu"
   try:
     grid = mesh_utils.create_hybrid_device_mesh(shape, dcn, devices, process_is_granule=not on_tpu)

@@ -37,6 +37,29 @@ def tiny_on_v5p(cached_compiles_env) -> dict:
   return {tuple(r["mesh"][axis] for axis in ("data", "fsdp", "tensor")): r for r in reports}
 
 
+def test_mesh_splits_physical_axes_for_fsdp_8_on_a_v6e_256_slice():
+  """data 32 x fsdp 8 on v6e 16x16: 8 and 32 are not products of the torus's axes, which jax.make_mesh refuses off
+  v5e; parallel.make_mesh splits a physical axis instead, each fsdp group a run of 8 neighbours on one ring."""
+  script = (
+      "import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/benchmarks']\n"
+      "from tpu_topology import topology_devices\n"
+      "from latent_diffusion import parallel\n"
+      "from latent_diffusion.configs import sd15_v6e\n"
+      "config = sd15_v6e.get_config(); config.mesh.shape = (32, 8, 1)\n"
+      "mesh = parallel.make_mesh(config.mesh, topology_devices('v6e:16x16'))\n"
+      "print(dict(mesh.shape), len(set(mesh.devices.flat)))\n"
+      "print([d.coords for d in mesh.devices[5, :, 0]])\n")
+  out = subprocess.run([str(venvs.aot_python()), "-c", script, str(ROOT)], env={"JAX_PLATFORMS": "cpu", "PATH": ""},
+                       capture_output=True, text=True, timeout=300, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  shape, group = out.stdout.strip().splitlines()[-2:]
+  assert shape == "{'data': 32, 'fsdp': 8, 'tensor': 1} 256"
+  coords = json.loads(group)
+  varying = [axis for axis in range(3) if len({c[axis] for c in coords}) > 1]
+  positions = sorted(c[varying[0]] for c in coords) if len(varying) == 1 else []
+  assert positions == list(range(positions[0], positions[0] + 8)), coords
+
+
 def test_collectives_are_counted_once_with_their_result_bytes():
   """A synchronous tuple all-reduce and an async all-gather pair (its -start's type also holds the operand)."""
   hlo = """
