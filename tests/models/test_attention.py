@@ -136,13 +136,17 @@ def test_host_cpu_reads_sysfs_cache_layout(tmp_path):
 
 
 def test_host_cpu_names_generation_simd_and_amx():
-  cpuinfo = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: {model}\n"
+  cpuinfo = ("processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n"
              "model name\t: {name}\nflags\t\t: fpu sse2 avx avx2 {extra}\n\nprocessor\t: 1\nmodel name\t: other\n")
-  assert host_cpu.name_from_cpuinfo(cpuinfo.format(model=167, name="Intel(R) Xeon(R) Processor",
+  intel = dict(vendor="GenuineIntel", family=6)
+  amd = dict(vendor="AuthenticAMD", name="AMD EPYC")
+  assert host_cpu.name_from_cpuinfo(cpuinfo.format(**intel, model=167, name="Intel(R) Xeon(R) Processor",
                                                    extra="avx512f amx_bf16 amx_tile")) == \
       "Intel(R) Xeon(R) Processor (family 6 model 167, AVX-512 + AMX)"
-  assert host_cpu.name_from_cpuinfo(cpuinfo.format(model=85, name="Intel(R) Xeon(R) CPU @ 2.00GHz",
+  assert host_cpu.name_from_cpuinfo(cpuinfo.format(**intel, model=85, name="Intel(R) Xeon(R) CPU @ 2.00GHz",
                                                    extra="avx512f")) == \
       "Intel(R) Xeon(R) CPU @ 2.00GHz (family 6 model 85, AVX-512)"
-  assert host_cpu.name_from_cpuinfo(cpuinfo.format(model=1, name="AMD EPYC", extra="")) == \
-      "AMD EPYC (family 6 model 1, AVX2)"
+  assert host_cpu.name_from_cpuinfo(cpuinfo.format(**amd, family=25, model=1, extra="")) == \
+      "AMD EPYC (family 25 model 1, AVX2)"
+  assert host_cpu.name_from_cpuinfo(cpuinfo.format(**amd, family=26, model=2, extra="avx512f avx512_bf16")) == \
+      "AMD EPYC (family 26 model 2, AVX-512)"
