@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import configs  # noqa: E402
-from latent_diffusion import configuration, encoding, host_cpu, parallel  # noqa: E402
+from latent_diffusion import configuration, encoding, host_cpu, host_memory, parallel  # noqa: E402
 from latent_diffusion.data import tar_shards  # noqa: E402
 from latent_diffusion.models import AutoencoderKL  # noqa: E402
 from latent_diffusion.weights import autoencoder as ae_weights  # noqa: E402
@@ -107,4 +107,5 @@ def main():
 
 
 if __name__ == "__main__":
+  host_memory.relaunch_with_huge_pages()   # as the encode job does
   main()

@@ -95,7 +95,8 @@ def _machine(machine: dict) -> str:
   if cpu is None:
     return f"{machine['cpus']} CPUs, CPU model not recorded ({machine['platform']})"
   caches = ", ".join(f"{level} {size}" for level, size in cpu["caches"].items())
-  return (f"{cpu['model']}, {cpu['usable_cpus']} of {cpu['logical_cpus']} CPUs used, {caches or 'caches unknown'} "
+  thp = f", transparent huge pages '{machine['transparent_huge_pages']}'" if "transparent_huge_pages" in machine else ""
+  return (f"{cpu['model']}, {cpu['usable_cpus']} of {cpu['logical_cpus']} CPUs used, {caches or 'caches unknown'}{thp} "
           f"({machine['platform']})")
 
 

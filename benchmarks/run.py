@@ -25,7 +25,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 import report  # noqa: E402
 import venvs  # noqa: E402
 
-from latent_diffusion import host_cpu  # noqa: E402
+from latent_diffusion import host_cpu, host_memory  # noqa: E402
 
 OURS_PYTHON = pathlib.Path(os.environ.get("LATENT_DIFFUSION_PYTHON", HERE.parent / ".venv" / "bin" / "python"))
 SYSTEMS = ("ours", "diffusers_flax", "diffusers_torch")
@@ -120,7 +120,8 @@ def main():
     parser.error(f"unknown systems/workloads {sorted(unknown)}; systems: {SYSTEMS}, workloads: {WORKLOADS}")
   start = time.perf_counter()
   results = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "size": args.size,
-             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": host_cpu.describe().as_dict()},
+             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": host_cpu.describe().as_dict(),
+                         "transparent_huge_pages": host_memory.thp_mode()},
              "workloads": {}}
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)

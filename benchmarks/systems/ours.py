@@ -6,6 +6,7 @@
 Run by benchmarks/run.py in the project's .venv; prints one `RESULT {json}` line.
 """
 
+import os
 import pathlib
 import sys
 
@@ -14,6 +15,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parents[1])]
 
 import configs  # noqa: E402
 import jax_workloads  # noqa: E402
+import timing  # noqa: E402
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -22,7 +24,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from latent_diffusion import compiler  # noqa: E402
+from latent_diffusion import compiler, host_memory  # noqa: E402
 from latent_diffusion.diffusion import samplers, schedule as schedules  # noqa: E402
 from latent_diffusion.weights import autoencoder as ae_weights, scheduler as scheduler_weights  # noqa: E402
 from latent_diffusion.weights import unet as unet_weights  # noqa: E402
@@ -115,4 +117,7 @@ def apply_variant(variant: str) -> str:
 
 
 if __name__ == "__main__":
-  jax_workloads.main(__doc__, Setup, {"system": "ours"}, apply_variant)
+  if timing.parse_args(__doc__.splitlines()[0]).workload != "sample":   # as the train and encode jobs do
+    host_memory.relaunch_with_huge_pages()   # (GLIBC_TUNABLES=glibc.malloc.hugetlb=0: without)
+  jax_workloads.main(__doc__, Setup, {"system": "ours", "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")},
+                     apply_variant)

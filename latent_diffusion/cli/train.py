@@ -37,7 +37,7 @@ def main(argv):
 
 def run():
   """The `ldm-train` console script."""
-  cli.run_main(main, __name__, configuration.flags_parser)
+  cli.run_main(main, __name__, configuration.flags_parser, huge_pages=True)
 
 
 if __name__ == "__main__":
