@@ -4,7 +4,7 @@ XLA:CPU mallocs an executable's temporaries afresh at each call and frees them a
 one 2.4 GB block). glibc serves a block that large with a new anonymous mapping, so every step starts on untouched
 4 KiB pages: ~630,000 page faults per cpu-medium step, 1.6-3.5 s of kernel time on one core of an AMD EPYC (Zen 5),
 where the whole step then takes 6.5-6.9 s, plus 4 KiB-page TLB misses in the kernels that stride through big buffers
-(benchmarks/README.md, "Huge pages"). With GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc >= 2.35) malloc asks the
+(benchmarks/README.md, "huge pages for XLA:CPU's per-call buffers"). With GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc >= 2.35) malloc asks the
 kernel for transparent huge pages on its large blocks (madvise MADV_HUGEPAGE); where the kernel's THP mode is
 'madvise', 2 MiB pages back them and the same step faults ~2,000 times and takes 4.0 s on that core.
 
