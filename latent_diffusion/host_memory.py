@@ -4,17 +4,18 @@ XLA:CPU mallocs an executable's temporaries afresh at each call and frees them a
 one 2.4 GB block). glibc serves a block that large with a new anonymous mapping, so every step starts on untouched
 4 KiB pages: ~630,000 page faults per cpu-medium step, 1.6-3.5 s of kernel time on one core of an AMD EPYC (Zen 5),
 where the whole step then takes 6.5-6.9 s, plus 4 KiB-page TLB misses in the kernels that stride through big buffers
-(benchmarks/README.md, "huge pages for XLA:CPU's per-call buffers"). With GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc >= 2.35) malloc asks the
-kernel for transparent huge pages on its large blocks (madvise MADV_HUGEPAGE); where the kernel's THP mode is
-'madvise', 2 MiB pages back them and the same step faults ~2,000 times and takes 4.0 s on that core.
+(benchmarks/README.md, "huge pages for XLA:CPU's per-call buffers"). With GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+(glibc >= 2.35) malloc asks the kernel for transparent huge pages on its large blocks (madvise MADV_HUGEPAGE); where
+the kernel's THP mode is 'madvise', 2 MiB pages back them and the same step faults ~2,000 times and takes 4.0 s on
+that core.
 
 glibc reads its tunables once, when the process starts. So the jobs that call one executable many times (ldm-train,
 ldm-encode: `cli.run_main(huge_pages=True)`) call `relaunch_with_huge_pages()` first: it re-executes the same
 command with the tunable added, and only when that changes something (THP mode 'madvise', glibc >= 2.35, the tunable
 not already set). The sampler is left alone: one call runs all its steps in a loop that reuses its buffers, and it
-ran 3-4 % slower with huge pages. To opt out,
-set GLIBC_TUNABLES=glibc.malloc.hugetlb=0: a GLIBC_TUNABLES that names the tunable is left as it is. In a notebook
-or your own script, export GLIBC_TUNABLES=glibc.malloc.hugetlb=1 before starting Python.
+ran 3-4 % slower with huge pages. To opt out, set GLIBC_TUNABLES=glibc.malloc.hugetlb=0: a GLIBC_TUNABLES that
+names the tunable is left as it is. In a notebook or your own script, export GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+before starting Python.
 """
 
 import os

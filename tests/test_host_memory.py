@@ -55,7 +55,9 @@ _PROBE = textwrap.dedent("""
 
 def _probe(tunables: str) -> tuple[str, int]:
   """(GLIBC_TUNABLES after the relaunch, page faults) of _PROBE started with `tunables` ('' = unset)."""
-  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | ({"GLIBC_TUNABLES": tunables} if tunables else {})
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  if tunables:
+    env["GLIBC_TUNABLES"] = tunables
   out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
   tunables_seen, faults = out.stdout.split()
   return tunables_seen, int(faults)
