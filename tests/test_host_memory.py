@@ -40,7 +40,7 @@ def test_thp_mode_reads_the_bracketed_choice(tmp_path):
 
 # Minor page faults of the second call of a jitted function with ~0.4 GB of temporaries, after relaunching.
 _PROBE = textwrap.dedent("""
-    import os, resource, sys
+    import os, resource
     from latent_diffusion import host_memory
     host_memory.relaunch_with_huge_pages()
     import jax, jax.numpy as jnp
