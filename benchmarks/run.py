@@ -121,7 +121,8 @@ def main():
   start = time.perf_counter()
   results = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "size": args.size,
              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": host_cpu.describe().as_dict(),
-                         "transparent_huge_pages": host_memory.thp_mode()},
+                         "transparent_huge_pages": host_memory.thp_mode(),
+                         "free_page_reporting": host_memory.free_page_reporting()},
              "workloads": {}}
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)

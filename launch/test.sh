@@ -8,7 +8,10 @@ source "$(dirname "$0")/setup_env.sh" requirements-test.txt
 python -m pip uninstall --quiet --yes triton 2>/dev/null || true
 # Two pytest-xdist workers, each test module (and its fixtures) on one: the suite is mostly single-threaded XLA
 # compiles and subprocess jobs, so two cores run it in about two thirds of the time of one worker.
-# Huge pages for XLA:CPU's per-call buffers (latent_diffusion/host_memory.py), set here once: else every
-# command-line job a test starts would re-execute itself to get them.
-export GLIBC_TUNABLES="${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}"
+# Huge pages for XLA:CPU's per-call buffers where the jobs would relaunch themselves for them
+# (latent_diffusion/host_memory.py), decided here once: else every command-line job a test starts would re-execute.
+GLIBC_TUNABLES="${GLIBC_TUNABLES:-$(python -c 'from latent_diffusion import host_memory
+environment = host_memory.huge_page_environment()
+print(environment["GLIBC_TUNABLES"] if environment else "")')}"
+export GLIBC_TUNABLES
 python -m pytest -q -n 2 --dist loadscope "$@"

@@ -12,24 +12,40 @@ from latent_diffusion import host_memory
 GLIBC = (2, 36)
 
 
-@pytest.mark.parametrize("mode, glibc, tunables, expected", [
-    ("madvise", GLIBC, None, "glibc.malloc.hugetlb=1"),
-    ("madvise", GLIBC, "glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"),
-    ("madvise", GLIBC, "glibc.malloc.hugetlb=0", None),      # the user's opt-out is kept
-    ("madvise", GLIBC, "glibc.malloc.hugetlb=1", None),      # already relaunched: no loop
-    ("always", GLIBC, None, None),                           # the kernel gives huge pages anyway
-    ("never", GLIBC, None, None),                            # nor any at all
-    (None, GLIBC, None, None),                               # no THP in this kernel / not Linux
-    ("madvise", (2, 31), None, None),                        # glibc before the tunable
-    ("madvise", None, None, None),                           # musl, macOS
+@pytest.mark.parametrize("mode, glibc, reporting, tunables, expected", [
+    ("madvise", GLIBC, False, None, "glibc.malloc.hugetlb=1"),
+    ("madvise", GLIBC, False, "glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"),
+    ("madvise", GLIBC, False, "glibc.malloc.hugetlb=0", None),      # the user's opt-out is kept
+    ("madvise", GLIBC, False, "glibc.malloc.hugetlb=1", None),      # already relaunched: no loop
+    ("always", GLIBC, False, None, None),                           # the kernel gives huge pages anyway
+    ("never", GLIBC, False, None, None),                            # nor any at all
+    (None, GLIBC, False, None, None),                               # no THP in this kernel / not Linux
+    ("madvise", (2, 31), False, None, None),                        # glibc before the tunable
+    ("madvise", None, False, None, None),                           # musl, macOS
+    ("madvise", GLIBC, True, None, None),                           # the host takes freed huge pages back
 ])
-def test_relaunch_environment(mode, glibc, tunables, expected):
+def test_relaunch_environment(mode, glibc, reporting, tunables, expected):
   environ = {"PATH": "/bin", **({"GLIBC_TUNABLES": tunables} if tunables is not None else {})}
-  environment = host_memory.relaunch_environment(environ, mode, glibc)
+  environment = host_memory.relaunch_environment(environ, mode, glibc, reporting)
   if expected is None:
     assert environment is None
   else:
     assert environment == {"PATH": "/bin", "GLIBC_TUNABLES": expected}
+
+
+def _virtio_device(root, name: str, device_id: str, features: str) -> None:
+  (root / name).mkdir()
+  (root / name / "device").write_text(device_id + "\n")
+  (root / name / "features").write_text(features.ljust(64, "0") + "\n")
+
+
+def test_free_page_reporting_reads_the_balloon_feature_bits(tmp_path):
+  _virtio_device(tmp_path, "virtio0", "0x0002", "000001")          # a block device: its bit 5 means another thing
+  _virtio_device(tmp_path, "virtio1", "0x0005", "0110")            # balloon: stats, deflate-on-OOM, no reporting
+  assert not host_memory.free_page_reporting(tmp_path)
+  _virtio_device(tmp_path, "virtio2", "0x0005", "01100101")        # bit 5 set, as on a family-167 Xeon guest
+  assert host_memory.free_page_reporting(tmp_path)
+  assert not host_memory.free_page_reporting(tmp_path / "missing")  # no virtio bus: bare metal, other OSes
 
 
 def test_thp_mode_reads_the_bracketed_choice(tmp_path):
@@ -63,8 +79,10 @@ def _probe(tunables: str) -> tuple[str, int]:
   return tunables_seen, int(faults)
 
 
-@pytest.mark.skipif(host_memory.relaunch_environment({}, host_memory.thp_mode(), host_memory.glibc_version()) is None,
-                    reason="this machine's kernel or C library gives no huge pages on request (THP not 'madvise')")
+@pytest.mark.skipif(host_memory.relaunch_environment({}, host_memory.thp_mode(), host_memory.glibc_version(),
+                                                    host_memory.free_page_reporting()) is None,
+                    reason="no relaunch on this machine: its kernel or C library gives no huge pages on request (THP "
+                           "not 'madvise'), or its hypervisor takes freed pages back")
 def test_relaunch_removes_the_page_faults_of_each_call():
   tunables, faults = _probe("")                               # relaunches itself
   opted_out, faults_4k = _probe("glibc.malloc.hugetlb=0")      # the opt-out: no relaunch, 4 KiB pages
