@@ -65,7 +65,7 @@ _PROBE = textwrap.dedent("""
     f(x).block_until_ready()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x).block_until_ready()
-    print(os.environ.get("GLIBC_TUNABLES", ""), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(os.environ.get("GLIBC_TUNABLES", "") or "-", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """)
 
 
@@ -76,15 +76,21 @@ def _probe(tunables: str) -> tuple[str, int]:
     env["GLIBC_TUNABLES"] = tunables
   out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
   tunables_seen, faults = out.stdout.split()
-  return tunables_seen, int(faults)
+  return tunables_seen.strip("-"), int(faults)
+
+
+def test_the_probe_relaunches_exactly_where_this_machine_calls_for_it():
+  expected = host_memory.relaunch_environment({}, host_memory.thp_mode(), host_memory.glibc_version(),
+                                              host_memory.free_page_reporting())
+  tunables, _ = _probe("")
+  assert tunables == (expected["GLIBC_TUNABLES"] if expected else ""), (tunables, expected)
 
 
 @pytest.mark.skipif(host_memory.relaunch_environment({}, host_memory.thp_mode(), host_memory.glibc_version(),
-                                                    host_memory.free_page_reporting()) is None,
-                    reason="no relaunch on this machine: its kernel or C library gives no huge pages on request (THP "
-                           "not 'madvise'), or its hypervisor takes freed pages back")
-def test_relaunch_removes_the_page_faults_of_each_call():
-  tunables, faults = _probe("")                               # relaunches itself
+                                                    reporting=False) is None,
+                    reason="this machine's kernel or C library gives no huge pages on request (THP not 'madvise')")
+def test_huge_pages_remove_the_page_faults_of_each_call():
+  tunables, faults = _probe("glibc.malloc.hugetlb=1")
   opted_out, faults_4k = _probe("glibc.malloc.hugetlb=0")      # the opt-out: no relaunch, 4 KiB pages
   assert tunables == "glibc.malloc.hugetlb=1" and opted_out == "glibc.malloc.hugetlb=0"
   assert faults_4k > 10_000, faults_4k                         # ~0.4 GB of fresh 4 KiB pages per call
