@@ -95,9 +95,9 @@ def _machine(machine: dict) -> str:
   if cpu is None:
     return f"{machine['cpus']} CPUs, CPU model not recorded ({machine['platform']})"
   caches = ", ".join(f"{level} {size}" for level, size in cpu["caches"].items())
-  thp = f", transparent huge pages '{machine['transparent_huge_pages']}'" if "transparent_huge_pages" in machine else ""
-  thp += ", free pages reported to the hypervisor" if machine.get("free_page_reporting") else ""
-  return (f"{cpu['model']}, {cpu['usable_cpus']} of {cpu['logical_cpus']} CPUs used, {caches or 'caches unknown'}{thp} "
+  memory = f", transparent huge pages '{machine['transparent_huge_pages']}'" if "transparent_huge_pages" in machine else ""
+  memory += ", free pages reported to the hypervisor" if machine.get("free_page_reporting") else ""
+  return (f"{cpu['model']}, {cpu['usable_cpus']} of {cpu['logical_cpus']} CPUs used, {caches or 'caches unknown'}{memory} "
           f"({machine['platform']})")
 
 

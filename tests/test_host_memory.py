@@ -76,7 +76,7 @@ def _probe(tunables: str) -> tuple[str, int]:
     env["GLIBC_TUNABLES"] = tunables
   out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
   tunables_seen, faults = out.stdout.split()
-  return tunables_seen.strip("-"), int(faults)
+  return ("" if tunables_seen == "-" else tunables_seen), int(faults)
 
 
 def test_the_probe_relaunches_exactly_where_this_machine_calls_for_it():
