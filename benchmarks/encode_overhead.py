@@ -107,5 +107,5 @@ def main():
 
 
 if __name__ == "__main__":
-  host_memory.relaunch_with_huge_pages()   # as the encode job does
+  host_memory.relaunch_with_allocator()   # as the encode job does
   main()

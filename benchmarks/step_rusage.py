@@ -1,11 +1,13 @@
 """Wall, user and system seconds and minor page faults of single train steps of ours (getrusage around each call).
 
   GLIBC_TUNABLES=glibc.malloc.hugetlb=0|1 python benchmarks/step_rusage.py [--size=cpu-small] [--steps=10] [--pause=0]
+  LD_PRELOAD=.venv/lib/python3.11/site-packages/cmeel.prefix/lib/libmimalloc.so MIMALLOC_PURGE_DELAY=-1 \
+      MIMALLOC_ARENA_MAX_OBJECT_SIZE=64GiB python benchmarks/step_rusage.py      # the jobs' allocator
 
 Shows what a median hides: the kernel's share of a step (zeroing fresh pages, a hypervisor refaulting memory it took
 back) and whether steps alternate. --pause sleeps that many seconds before each step, as an evaluation or a
-checkpoint between steps would. Runs in the environment it is given (no huge-page relaunch: set GLIBC_TUNABLES to
-compare). Prints one line per step, then `RESULT {json}` with the per-step lists and medians.
+checkpoint between steps would. Runs in the environment it is given (no allocator relaunch: set LD_PRELOAD or
+GLIBC_TUNABLES to compare). Prints one line per step, then `RESULT {json}` with the per-step lists and medians.
 """
 
 import argparse
@@ -52,7 +54,8 @@ def main() -> None:
       rows[name].append(value)
     print(f"step {i}: wall {wall:.3f} s, user {user1 - user0:.2f} s, sys {sys1 - sys0:.2f} s, "
           f"{faults1 - faults0} minor faults", flush=True)
-  timing.emit({"size": args.size, "pause_s": args.pause, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+  timing.emit({"size": args.size, "pause_s": args.pause, "ld_preload": os.environ.get("LD_PRELOAD", ""),
+               "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
                **rows, **{f"median_{name}": statistics.median(values) for name, values in rows.items()}})
 
 

@@ -118,6 +118,7 @@ def apply_variant(variant: str) -> str:
 
 if __name__ == "__main__":
   if timing.parse_args(__doc__.splitlines()[0]).workload != "sample":   # as the train and encode jobs do
-    host_memory.relaunch_with_huge_pages()   # (GLIBC_TUNABLES=glibc.malloc.hugetlb=0: without)
-  jax_workloads.main(__doc__, Setup, {"system": "ours", "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")},
+    host_memory.relaunch_with_allocator()   # (LD_PRELOAD= GLIBC_TUNABLES=glibc.malloc.hugetlb=0: glibc, 4 KiB)
+  jax_workloads.main(__doc__, Setup, {"system": "ours", "ld_preload": os.environ.get("LD_PRELOAD", ""),
+                                      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")},
                      apply_variant)

@@ -13,13 +13,13 @@ from latent_diffusion import host_memory
 
 
 def run_main(main: Callable[[list[str]], None], module: str, flags_parser: Callable | None = None,
-             huge_pages: bool = False) -> None:
+             own_allocator: bool = False) -> None:
   """Runs `main` under absl as `python -m <module>` does; as a console script too, where the program is not
-  `module`: its flags become the program's key flags, so that `--help` lists them. huge_pages: first re-execute
-  with huge pages for XLA:CPU's per-call buffers (latent_diffusion.host_memory), for jobs that call one executable
-  many times (train, encode); the sampler, one call per batch, ran 3-4 % slower with them."""
-  if huge_pages:
-    host_memory.relaunch_with_huge_pages()
+  `module`: its flags become the program's key flags, so that `--help` lists them. own_allocator: first re-execute
+  with the allocator latent_diffusion.host_memory picks for XLA:CPU's per-call buffers (mimalloc, else glibc's huge
+  pages), for jobs that call one executable many times (train, encode)."""
+  if own_allocator:
+    host_memory.relaunch_with_allocator()
   for flag in flags.FLAGS.get_key_flags_for_module(module):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(main, **({"flags_parser": flags_parser} if flags_parser else {}))

@@ -86,7 +86,7 @@ def main(argv):
 
 def run():
   """The `ldm-encode` console script."""
-  cli.run_main(main, __name__, configuration.flags_parser, huge_pages=True)
+  cli.run_main(main, __name__, configuration.flags_parser, own_allocator=True)
 
 
 if __name__ == "__main__":
